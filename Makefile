@@ -1,0 +1,41 @@
+# Two set-up commands: `make up` (a local Docker host) and `make test`.
+SHELL := /bin/bash
+STACK ?= local
+PULUMI := scripts/pulumi
+
+.PHONY: setup image up down preview test unit e2e bench lint
+
+setup:
+	@scripts/setup
+
+# The base image for the local driver (debootstrap, cached outside the repo; needs root).
+image: setup
+	@scripts/build-image debian-12-docker >/dev/null
+
+up: image
+	@$(PULUMI) stack select --create $(STACK) >/dev/null
+	@$(PULUMI) up --yes --stack $(STACK) --non-interactive --suppress-outputs
+	@echo
+	@echo 'Docker is up and running! To point your docker client at it, run:'
+	@echo '  eval "$$(scripts/machine env default)"'
+
+preview: setup
+	@$(PULUMI) preview --stack $(STACK) --diff
+
+down: setup
+	@$(PULUMI) destroy --yes --stack $(STACK) --non-interactive
+
+unit: setup
+	@.venv/bin/python -m pytest tests/unit -q
+
+e2e: image
+	@.venv/bin/python -m pytest tests/e2e -q -m e2e
+
+test: image
+	@.venv/bin/python -m pytest tests -q
+
+bench: image
+	@scripts/benchmark
+
+lint: setup
+	@.venv/bin/ruff check .

@@ -1,0 +1,256 @@
+"""docker-machine's TLS material, generated with ``cryptography`` and kept in Pulumi state.
+
+Rules copied from libmachine (docker-machine.md §4): RSA 2048 keys in PKCS#1 PEM; subjects carry an
+Organization only; NotBefore = now truncated to the minute minus 5 minutes, NotAfter = NotBefore + 1080
+days; random 128-bit serials. One CA and one client certificate per stack, one server certificate per
+machine whose SANs are the address the client dials, ``localhost`` and any extra ``tls_san``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider
+
+VALIDITY = datetime.timedelta(days=1080)
+CLOCK_SKEW = datetime.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    cert_pem: str
+    key_pem: str
+
+
+def _rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _key_pem(key: rsa.RSAPrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    ).decode()
+
+
+def _builder(org: str, issuer: x509.Name | None, public_key: Any) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.timezone.utc).replace(second=0, microsecond=0)
+    not_before = now - CLOCK_SKEW
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer or subject)
+        .public_key(public_key)
+        .serial_number(secrets.randbits(128) or 1)
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + VALIDITY)
+    )
+
+
+def _usage(*, digital_signature=False, key_encipherment=False, key_agreement=False, cert_sign=False):
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=key_agreement,
+        key_cert_sign=cert_sign,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def new_ca(org: str) -> KeyPair:
+    key = _rsa_key()
+    cert = (
+        _builder(org, None, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            _usage(digital_signature=True, key_encipherment=True, key_agreement=True, cert_sign=True), critical=True
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key))
+
+
+def _load_ca(ca: KeyPair) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    cert = x509.load_pem_x509_certificate(ca.cert_pem.encode())
+    key = serialization.load_pem_private_key(ca.key_pem.encode(), password=None)
+    return cert, key  # type: ignore[return-value]
+
+
+def new_client_cert(ca: KeyPair, org: str) -> KeyPair:
+    ca_cert, ca_key = _load_ca(ca)
+    key = _rsa_key()
+    cert = (
+        _builder(org, ca_cert.subject, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_usage(digital_signature=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key))
+
+
+def server_sans(address: str, extra: list[str]) -> list[str]:
+    """docker-machine's SAN list: extra SANs + the machine address + localhost, without duplicates."""
+    ordered = [*extra, address, "localhost"]
+    return list(dict.fromkeys(s for s in ordered if s))
+
+
+def _general_name(san: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(san))
+    except ValueError:
+        return x509.DNSName(san)
+
+
+def new_server_cert(ca: KeyPair, org: str, sans: list[str]) -> KeyPair:
+    ca_cert, ca_key = _load_ca(ca)
+    key = _rsa_key()
+    cert = (
+        _builder(org, ca_cert.subject, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_usage(digital_signature=True, key_encipherment=True, key_agreement=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_general_name(s) for s in sans]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key))
+
+
+def serial_of(cert_pem: str) -> str:
+    return format(x509.load_pem_x509_certificate(cert_pem.encode()).serial_number, "x")
+
+
+def new_ssh_key() -> tuple[str, str]:
+    """An ed25519 key pair: (OpenSSH private key PEM, authorized_keys line)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public.decode()
+
+
+# --- dynamic resources ------------------------------------------------------------------------------
+# Providers hold no state; inputs that only describe the owner (e.g. the Organization name) never cause
+# regeneration: a plain `up` must keep certificates until their inputs really change.
+
+
+class _AuthorityProvider(ResourceProvider):
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        org = props["owner"]
+        ca = new_ca(org)
+        client = new_client_cert(ca, f"{org}.<bootstrap>")
+        outs = {
+            **props,
+            "ca_cert": ca.cert_pem,
+            "ca_key": ca.key_pem,
+            "client_cert": client.cert_pem,
+            "client_key": client.key_pem,
+            "ca_serial": serial_of(ca.cert_pem),
+        }
+        return CreateResult(f"ca-{outs['ca_serial']}", outs)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        rotate = olds.get("rotation") != news.get("rotation")
+        return DiffResult(changes=rotate, replaces=["rotation"] if rotate else [])
+
+
+class CertificateAuthority(pulumi.dynamic.Resource, module="tls", name="CertificateAuthority"):
+    """The stack's CA and client certificate (docker-machine's certs/ca.pem + certs/cert.pem)."""
+
+    ca_cert: pulumi.Output[str]
+    ca_key: pulumi.Output[str]
+    client_cert: pulumi.Output[str]
+    client_key: pulumi.Output[str]
+    ca_serial: pulumi.Output[str]
+
+    def __init__(self, name: str, owner: str, rotation: str = "", opts: pulumi.ResourceOptions | None = None):
+        props = {
+            "owner": owner,
+            "rotation": rotation,
+            "ca_cert": None,
+            "ca_key": None,
+            "client_cert": None,
+            "client_key": None,
+            "ca_serial": None,
+        }
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(additional_secret_outputs=["ca_key", "client_key"])
+        )
+        super().__init__(_AuthorityProvider(), name, props, opts)
+
+
+class _ServerCertProvider(ResourceProvider):
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        ca = KeyPair(props["ca_cert"], props["ca_key"])
+        server = new_server_cert(ca, props["owner"], list(props["sans"]))
+        outs = {**props, "cert": server.cert_pem, "key": server.key_pem, "serial": serial_of(server.cert_pem)}
+        return CreateResult(f"server-{outs['serial']}", outs)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        # Unknown values (preview before the machine exists) compare unequal, so they show as replace.
+        replaces = [k for k in ("sans", "ca_cert", "rotation") if olds.get(k) != news.get(k)]
+        return DiffResult(changes=bool(replaces), replaces=replaces)
+
+
+class ServerCertificate(pulumi.dynamic.Resource, module="tls", name="ServerCertificate"):
+    """A machine's server certificate (docker-machine's server.pem), reissued when its SANs change."""
+
+    cert: pulumi.Output[str]
+    key: pulumi.Output[str]
+    serial: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        authority: CertificateAuthority,
+        owner: str,
+        sans: pulumi.Input[list[str]],
+        rotation: pulumi.Input[str] = "",
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        props = {
+            "ca_cert": authority.ca_cert,
+            "ca_key": authority.ca_key,
+            "owner": owner,
+            "sans": sans,
+            "rotation": rotation,
+            "cert": None,
+            "key": None,
+            "serial": None,
+        }
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["key"]))
+        super().__init__(_ServerCertProvider(), name, props, opts)
+
+
+class _SshKeyProvider(ResourceProvider):
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        private, public = new_ssh_key()
+        return CreateResult(f"sshkey-{secrets.token_hex(4)}", {**props, "private_key": private, "public_key": public})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return DiffResult(changes=False)
+
+
+class SshKey(pulumi.dynamic.Resource, module="tls", name="SshKey"):
+    """A machine's SSH key pair (docker-machine's machines/<name>/id_rsa), ed25519."""
+
+    private_key: pulumi.Output[str]
+    public_key: pulumi.Output[str]
+
+    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None):
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["private_key"]))
+        super().__init__(_SshKeyProvider(), name, {"private_key": None, "public_key": None}, opts)

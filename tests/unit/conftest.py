@@ -1,0 +1,155 @@
+"""Run the real Pulumi program under Pulumi's mocks and record every resource it registers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pytest
+from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclass
+class Registered:
+    typ: str
+    name: str
+    inputs: dict[str, Any]
+    urn_parent: str | None
+    options: Any = None
+    # Captured from the engine request (see RecordingMonitor); empty when not available.
+    urn: str = ""
+    dependencies: list[str] = field(default_factory=list)
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+    provider: str | None = None
+    resource_id: str | None = None
+    additional_secret_outputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Program:
+    resources: list[Registered] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def of_type(self, suffix: str) -> list[Registered]:
+        return [r for r in self.resources if r.typ.endswith(suffix)]
+
+    def named(self, name: str) -> Registered:
+        (found,) = [r for r in self.resources if r.name == name]
+        return found
+
+    def by_urn(self, urn: str) -> Registered:
+        (found,) = [r for r in self.resources if r.urn == urn]
+        return found
+
+
+class RecordingMonitor(MockMonitor):
+    """A MockMonitor that hands the raw RegisterResource request (parent, dependencies…) to the mocks.
+
+    MockResourceArgs carries no parent nor depends_on; the request is kept per thread while the
+    mock's ``new_resource`` runs (the SDK calls the monitor from executor threads).
+    """
+
+    def __init__(self, mocks: RecordingMocks):
+        super().__init__(mocks)
+        self.local = threading.local()
+        mocks.monitor = self
+
+    def RegisterResource(self, request):  # noqa: N802 - gRPC method name
+        self.local.request = request
+        try:
+            return super().RegisterResource(request)
+        finally:
+            self.local.request = None
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    def __init__(self, program: Program, overrides: dict[str, dict[str, Any]] | None = None):
+        self.program = program
+        self.overrides = overrides or {}
+        self.monitor: RecordingMonitor | None = None
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        request = getattr(self.monitor.local, "request", None) if self.monitor else None
+        registered = Registered(args.typ, args.name, dict(args.inputs), None)
+        registered.provider = args.provider or None
+        registered.resource_id = args.resource_id or None
+        if request is not None:
+            registered.urn = self.monitor.make_urn(request.parent, request.type, request.name)
+            registered.urn_parent = request.parent or None
+            registered.dependencies = list(request.dependencies)
+            registered.property_dependencies = {k: list(v.urns) for k, v in request.propertyDependencies.items()}
+            registered.additional_secret_outputs = list(request.additionalSecretOutputs)
+        self.program.resources.append(registered)
+        outs = dict(args.inputs)
+        if args.typ.endswith("dynamic/qemu:Vm"):
+            outs.update(ip="127.0.0.1", ssh_host="127.0.0.1", ssh_port=40022, engine_host_port=42376, state="running")
+        if args.typ.endswith("dynamic/tls:SshKey"):
+            outs.update(private_key="PRIVATE", public_key="ssh-ed25519 AAAA test")
+        if args.typ.endswith("dynamic/tls:CertificateAuthority"):
+            outs.update(ca_cert="CA", ca_key="CAKEY", client_cert="CLIENT", client_key="CLIENTKEY")
+        if args.typ.endswith("dynamic/tls:ServerCertificate"):
+            outs.update(cert="SERVER", key="SERVERKEY", serial="abc123")
+        if args.typ.endswith("dynamic/docker:ApiCheck"):
+            outs.update(server_version="20.10.24")
+        for suffix, values in self.overrides.items():
+            if args.typ.endswith(suffix):
+                outs.update(values)
+        return (f"{args.name}-id" if args.custom else None, outs)
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}
+
+
+def run_program(
+    machines: Any,
+    stack: str = "unit",
+    preview: bool = False,
+    *,
+    program: Program | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Program:
+    """Execute __main__.py with `docker-machine:machines` set to ``machines``; return what it registered.
+
+    Stack outputs are resolved to plain values (secrets unwrapped) in ``Program.outputs``.
+    ``program``: record into this object (lets a caller inspect what was registered when the run raises).
+    ``overrides``: {type-token suffix: outputs} merged over the default mock outputs of that type.
+    """
+    program = Program() if program is None else program
+    mocks = RecordingMocks(program, overrides)
+    pulumi.runtime.set_mocks(
+        mocks, project="docker-machine", stack=stack, preview=preview, monitor=RecordingMonitor(mocks)
+    )
+    pulumi.runtime.set_all_config({"docker-machine:machines": json.dumps(machines)})
+
+    def execute():
+        spec = importlib.util.spec_from_file_location("program_under_test", os.path.join(ROOT, "__main__.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+
+    settings = pulumi.runtime.settings.SETTINGS
+    settings.rpc_manager.clear()
+    settings.outputs.clear()
+    _sync_await(run_pulumi_func(execute))
+    stack_resource = pulumi.runtime.settings.get_root_resource()
+    exported = getattr(stack_resource, "outputs", {}) if stack_resource else {}
+    program.outputs = {k: _sync_await(pulumi.Output.from_input(v).future()) for k, v in exported.items()}
+    return program
+
+
+def pytest_configure(config):
+    # pulumi_command's package __init__ imports its deprecated CopyFile resource, which warns on import.
+    config.addinivalue_line("filterwarnings", "ignore:This resource is deprecated:DeprecationWarning:pulumi_command")
+
+
+@pytest.fixture
+def program_runner():
+    return run_program
