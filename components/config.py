@@ -24,6 +24,8 @@ from components import drivers
 MACHINE_NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9\-\.]*$"
 _ENGINE_OPT_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]*(=.*)?$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_DNS_NAME_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
 
 
 class ConfigError(ValueError):
@@ -153,7 +155,7 @@ class MachineConfig(StrictModel):
             try:
                 ipaddress.ip_address(san)
             except ValueError:
-                if not re.match(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9\-]*[A-Za-z0-9])?)*$", san):
+                if not _DNS_NAME_RE.match(san):
                     raise ValueError(f"{san!r} is neither an IP address nor a DNS name") from None
         return v
 

@@ -6,11 +6,11 @@ import os
 from dataclasses import dataclass
 
 import pulumi
-from pulumi_command import remote
 
 from components import drivers, provisioning
 from components.config import MachineConfig
 from components.dockerapi import DockerApiCheck
+from components.remote import RemoteCommand
 from components.tls import CertificateAuthority, ServerCertificate, SshKey, server_sans
 
 TYPE_TOKEN = "dockermachine:index:DockerMachine"
@@ -52,27 +52,24 @@ class DockerMachine(pulumi.ComponentResource):
         ssh_key = SshKey(f"{name}-ssh-key", opts=child)
         host = drivers.load(machine.driver).create_host(name, machine, ssh_key, args.state_dir, child)
 
-        connection = remote.ConnectionArgsDict(
-            host=host.ssh_host,
-            port=host.ssh_port,
-            user=host.ssh_user,
-            private_key=host.ssh_private_key,
-            dial_error_limit=host.dial_error_limit,
-            per_dial_timeout=10,
-        )
+        connection = pulumi.Output.secret({
+            "host": host.ssh_host,
+            "port": host.ssh_port,
+            "user": host.ssh_user,
+            "private_key": host.ssh_private_key,
+            "dial_error_limit": host.dial_error_limit,
+            "per_dial_timeout": 10,
+        })
 
-        def step(stage: str, script: pulumi.Input[str], after: pulumi.Resource, **kwargs) -> remote.Command:
-            return remote.Command(
+        def step(stage: str, script: pulumi.Input[str], after: pulumi.Resource, **kwargs) -> RemoteCommand:
+            return RemoteCommand(
                 f"{name}-{stage}",
                 connection=connection,
                 create=provisioning.AS_ROOT,
                 stdin=script,
-                # Scripts carry certificates and keys: keep stdout/stderr out of logs and state in clear.
-                logging=remote.Logging.STDERR,
                 opts=pulumi.ResourceOptions(
                     parent=self,
                     depends_on=[after],
-                    additional_secret_outputs=["stdout", "stderr"],
                     custom_timeouts=pulumi.CustomTimeouts(create="30m", update="30m"),
                 ),
                 **kwargs,
@@ -92,7 +89,9 @@ class DockerMachine(pulumi.ComponentResource):
             ),
             installed,
         )
-        daemon_script = server_cert.serial.apply(lambda serial: provisioning.daemon_script(engine, machine.driver, serial))
+        daemon_script = server_cert.serial.apply(
+            lambda serial: provisioning.daemon_script(engine, machine.driver, serial)
+        )
         daemon = step(
             "daemon-config",
             daemon_script,
@@ -114,8 +113,9 @@ class DockerMachine(pulumi.ComponentResource):
         self.name = pulumi.Output.from_input(machine.name)
         self.driver = pulumi.Output.from_input(machine.driver)
         self.ip = pulumi.Output.from_input(host.address)
-        self.port = pulumi.Output.from_input(host.engine_port)
-        self.url = pulumi.Output.format("tcp://{0}:{1}", host.address, host.engine_port)
+        # Ports travel through the engine as numbers that may come back as floats.
+        self.port = pulumi.Output.from_input(host.engine_port).apply(int)
+        self.url = pulumi.Output.format("tcp://{0}:{1}", host.address, self.port)
         self.env = self.url.apply(
             lambda url: {
                 "DOCKER_TLS_VERIFY": "1",
@@ -125,7 +125,7 @@ class DockerMachine(pulumi.ComponentResource):
             }
         )
         self.ssh_host = pulumi.Output.from_input(host.ssh_host)
-        self.ssh_port = pulumi.Output.from_input(host.ssh_port)
+        self.ssh_port = pulumi.Output.from_input(host.ssh_port).apply(int)
         self.ssh_user = pulumi.Output.from_input(host.ssh_user)
         self.ssh_private_key = ssh_key.private_key
         self.server_cert_serial = server_cert.serial

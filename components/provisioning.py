@@ -34,11 +34,11 @@ WAIT_FOR_BOOT = """set -e
 if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi
 . /etc/os-release
 case "$ID" in
-  %(supported)s) ;;
-  *) echo "operating system '${PRETTY_NAME:-$ID}' is not supported (supported: %(supported_list)s)" >&2; exit 3 ;;
+  {supported}) ;;
+  *) echo "operating system '${{PRETTY_NAME:-$ID}}' is not supported (supported: {supported_list})" >&2; exit 3 ;;
 esac
 echo "$ID $VERSION_ID"
-""" % {"supported": "|".join(SUPPORTED_OS), "supported_list": ", ".join(SUPPORTED_OS)}
+""".format(supported="|".join(SUPPORTED_OS), supported_list=", ".join(SUPPORTED_OS))
 
 _APT = "apt-get -o DPkg::Lock::Timeout=600 -qq"
 

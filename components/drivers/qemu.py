@@ -25,8 +25,8 @@ import urllib.request
 from typing import Any, Literal
 
 import pulumi
-from pydantic import Field, ValidationInfo, field_validator
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+from pydantic import Field, ValidationInfo, field_validator
 
 from components import seed
 from components.config import MachineConfig, StrictModel
@@ -135,7 +135,8 @@ def free_port() -> int:
 def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(cmd, capture_output=True, text=True)
     if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
+        output = result.stderr.strip() or result.stdout.strip()
+        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}): {output}")
     return result
 
 
@@ -192,7 +193,8 @@ def _iptables_rules(bridge: str, cidr: str) -> list[list[str]]:
     return [
         ["-t", "nat", "POSTROUTING", "-s", cidr, "!", "-o", bridge, *comment, "-j", "MASQUERADE"],
         ["-t", "filter", "FORWARD", "-i", bridge, *comment, "-j", "ACCEPT"],
-        ["-t", "filter", "FORWARD", "-o", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", *comment, "-j", "ACCEPT"],
+        ["-t", "filter", "FORWARD", "-o", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED",
+         *comment, "-j", "ACCEPT"],
     ]
 
 
@@ -342,7 +344,8 @@ def qemu_command(props: dict[str, Any], outs: dict[str, Any], image: dict[str, A
     cmd = [
         "qemu-system-x86_64", "-name", props["name"],
         "-machine", f"q35,accel={accel}", "-cpu", "host" if accel == "kvm" else "max",
-        "-smp", str(props["cpus"]), "-m", str(props["memory"]),
+        # Numbers arrive from the engine as floats.
+        "-smp", str(int(props["cpus"])), "-m", str(int(props["memory"])),
     ]
     if image.get("kernel"):
         cmd += ["-kernel", image["kernel"], "-append", image["cmdline"]]
@@ -354,8 +357,8 @@ def qemu_command(props: dict[str, Any], outs: dict[str, Any], image: dict[str, A
     ]
     if props["network"] == "user":
         forwards = (
-            f"hostfwd=tcp:127.0.0.1:{outs['ssh_port']}-:{GUEST_SSH_PORT},"
-            f"hostfwd=tcp:127.0.0.1:{outs['engine_host_port']}-:{props['engine_port']}"
+            f"hostfwd=tcp:127.0.0.1:{int(outs['ssh_port'])}-:{GUEST_SSH_PORT},"
+            f"hostfwd=tcp:127.0.0.1:{int(outs['engine_host_port'])}-:{int(props['engine_port'])}"
         )
         cmd += ["-netdev", f"user,id=n0,{forwards}"]
     else:
@@ -387,7 +390,7 @@ class VmProvider(ResourceProvider):
             image = resolve_image(props)
             _run(
                 "qemu-img", "create", "-q", "-f", "qcow2", "-b", image["disk"], "-F", disk_format(image["disk"]),
-                f"{d}/disk.qcow2", f"{props['disk']}M",
+                f"{d}/disk.qcow2", f"{int(props['disk'])}M",
             )
             digest = hashlib.sha256(d.encode()).hexdigest()
             outs: dict[str, Any] = {
@@ -405,7 +408,7 @@ class VmProvider(ResourceProvider):
                 address = lease_address(props["bridge"], props["bridge_cidr"], d, props.get("address"))
                 files["network-config"] = network_config(outs["mac"], address, props["bridge_cidr"], gateway)
                 outs.update(tap=f"dm{digest[:10]}", ip=address, ssh_host=address, ssh_port=GUEST_SSH_PORT)
-                outs["engine_host_port"] = props["engine_port"]
+                outs["engine_host_port"] = int(props["engine_port"])
             else:
                 outs.update(ip="127.0.0.1", ssh_host="127.0.0.1", tap=None)
             with open(f"{d}/seed.iso", "wb") as f:
@@ -539,7 +542,9 @@ def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str,
             "address": options.address,
             "engine_port": machine.engine.port,
         },
-        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="20m"))),
+        opts=pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="20m"))
+        ),
     )
     return Host(
         ssh_host=vm.ssh_host,

@@ -7,7 +7,7 @@ import os
 import secrets
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
@@ -22,14 +22,12 @@ class Stack:
     env: dict[str, str]
     config_file: str
     state_dir: str
-    log: list[str] = field(default_factory=list)
 
     def pulumi(self, *args: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [os.path.join(ROOT, "scripts", "pulumi"), *args, "--stack", self.name, "--non-interactive"],
             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout,
         )
-        self.log.append(f"$ pulumi {' '.join(args)} -> {result.returncode}\n{result.stdout[-4000:]}{result.stderr[-4000:]}")
         if check and result.returncode != 0:
             raise AssertionError(f"pulumi {' '.join(args)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
         return result

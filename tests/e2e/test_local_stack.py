@@ -124,6 +124,31 @@ def test_second_up_changes_nothing(machine):
     assert set(changes) == {"same"}, changes
 
 
+def test_new_san_reissues_the_certificate_and_restarts_docker_in_the_same_up(machine):
+    """docker-machine's most-reported problem: a changed address/SAN needed a manual regenerate-certs."""
+    stack, name, _ = machine
+    before = stack.outputs()["machines"][name]["serverCertSerial"]
+    with open(stack.config_file) as f:
+        text = f.read()
+    salt = [line for line in text.splitlines() if line.startswith("encryptionsalt")]
+    with open(stack.config_file, "w") as f:
+        machines = [{"name": name, "driver": "qemu", "engine": {"install": "packages"}, "tls_san": [f"{name}.test"]}]
+        json.dump({"config": {"docker-machine:machines": machines}}, f)
+        f.write("\n" + "\n".join(salt) + "\n")
+    stack.pulumi("up", "--yes", "--skip-preview", timeout=900)
+    after = stack.outputs()["machines"][name]["serverCertSerial"]
+    assert after != before
+    env = docker_env(stack, name)
+    served = subprocess.run(
+        ["openssl", "s_client", "-connect", env["DOCKER_HOST"].removeprefix("tcp://"), "-showcerts"],
+        input="", capture_output=True, text=True, timeout=60,
+    ).stdout
+    cert = served[served.index("-----BEGIN CERTIFICATE-----") : served.index("-----END CERTIFICATE-----") + 25]
+    assert tls.serial_of(cert) == after  # the daemon serves the new certificate
+    version = subprocess.run(["docker", "version"], env=env, capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0, version.stderr
+
+
 def test_state_has_no_plaintext_private_key(machine):
     stack, _, _ = machine
     exported = stack.pulumi("stack", "export", "--show-secrets=false").stdout

@@ -145,11 +145,6 @@ def run_program(
     return program
 
 
-def pytest_configure(config):
-    # pulumi_command's package __init__ imports its deprecated CopyFile resource, which warns on import.
-    config.addinivalue_line("filterwarnings", "ignore:This resource is deprecated:DeprecationWarning:pulumi_command")
-
-
 @pytest.fixture
 def program_runner():
     return run_program

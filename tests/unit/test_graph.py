@@ -15,7 +15,7 @@ CA_T = "pulumi-python:dynamic/tls:CertificateAuthority"
 SSH_T = "pulumi-python:dynamic/tls:SshKey"
 VM_T = "pulumi-python:dynamic/qemu:Vm"
 CERT_T = "pulumi-python:dynamic/tls:ServerCertificate"
-CMD_T = "command:remote:Command"
+CMD_T = "pulumi-python:dynamic/remote:Command"
 CHECK_T = "pulumi-python:dynamic/docker:ApiCheck"
 COMPONENT_T = "dockermachine:index:DockerMachine"
 STAGES = ("wait-for-ssh", "install-docker", "tls", "daemon-config")
@@ -150,9 +150,8 @@ def test_scripts_go_to_stdin_not_the_command_line(one):
         cmd = stage(one, "default", s)
         assert cmd.inputs["create"] == provisioning.AS_ROOT, s
         assert "sh -s" in cmd.inputs["create"]
-        assert "delete" not in cmd.inputs  # the VM is ours: destroy removes it, no undo script
-        assert cmd.inputs["logging"] == "stderr"
-        assert {"stdout", "stderr"} <= set(cmd.additional_secret_outputs)
+        assert cmd.inputs.get("delete") is None  # the VM is ours: destroy removes it, no undo script
+        assert {"connection", "stdin", "stdout", "stderr"} <= set(cmd.additional_secret_outputs)
         if s in expected:
             assert plain(cmd.inputs["stdin"]) == expected[s], s
 
@@ -180,7 +179,7 @@ def test_connection_comes_from_the_vm_and_the_ssh_key(one):
         assert conn["host"] == VM_OUTS["ssh_host"]
         assert conn["port"] == VM_OUTS["ssh_port"]
         assert conn["user"] == "core" == vm.inputs["ssh_user"]
-        assert conn["privateKey"] == SSH_PRIVATE
+        assert conn["private_key"] == SSH_PRIVATE
         assert {vm.urn, ssh.urn} <= set(cmd.property_dependencies["connection"])
 
 

@@ -1,0 +1,144 @@
+"""Remote provisioning steps over SSH, as a Python dynamic resource.
+
+The project would use pulumi-command's ``remote.Command`` here, but its provider plugin cannot be had
+on our build machines (the Go module proxy refuses github.com/pulumi/pulumi-command/provider and no
+registry ships the binary), so this small resource does the same job with paramiko: run a command
+over SSH with a script on stdin, on create and whenever its inputs change; run an optional delete
+command on destroy; retry the dial while a host boots. Its inputs and semantics follow
+``remote.Command`` (connection, create, delete, stdin) so it can be swapped back.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
+
+DIAL_INTERVAL = 2.0
+
+
+class RemoteCommandError(RuntimeError):
+    pass
+
+
+def _load_key(private_key: str):
+    import paramiko
+
+    for key_class in (paramiko.Ed25519Key, paramiko.RSAKey, paramiko.ECDSAKey):
+        try:
+            return key_class.from_private_key(io.StringIO(private_key))
+        except paramiko.SSHException:
+            continue
+    raise RemoteCommandError("the SSH private key is not an ed25519, RSA or ECDSA key in PEM/OpenSSH format")
+
+
+def connect(connection: dict[str, Any]):
+    """Dial until the host answers with a working key, up to ``dial_error_limit`` attempts."""
+    import paramiko
+
+    # paramiko logs a traceback for every refused dial while the host boots; the final error says enough.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+    host, port, user = connection["host"], int(connection.get("port") or 22), connection.get("user") or "root"
+    key = _load_key(connection["private_key"])
+    attempts = int(connection.get("dial_error_limit") or 10)
+    timeout = float(connection.get("per_dial_timeout") or 10)
+    last: Exception | None = None
+    for attempt in range(1, attempts + 1):
+        client = paramiko.SSHClient()
+        # Host keys are new on every VM and never verified, like docker-machine and pulumi-command.
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        try:
+            client.connect(
+                host, port=port, username=user, pkey=key, timeout=timeout, banner_timeout=timeout,
+                auth_timeout=timeout, allow_agent=False, look_for_keys=False,
+            )
+            return client
+        except paramiko.AuthenticationException as err:
+            last = err
+            # Until cloud-init has installed the key, a fresh VM refuses it: keep trying, then say so.
+        except (TimeoutError, OSError, paramiko.SSHException, EOFError) as err:
+            last = err
+        client.close()
+        if attempt < attempts:
+            time.sleep(DIAL_INTERVAL)
+    reason = "key refused" if isinstance(last, paramiko.AuthenticationException) else "unreachable"
+    raise RemoteCommandError(f"ssh {user}@{host}:{port}: {reason} after {attempts} attempts: {last}")
+
+
+def run(connection: dict[str, Any], command: str, stdin: str | None = None) -> tuple[str, str]:
+    """Run ``command`` (interpreted by the remote user's shell) and return (stdout, stderr)."""
+    client = connect(connection)
+    try:
+        chan_in, chan_out, chan_err = client.exec_command(command)
+        if stdin:
+            chan_in.write(stdin)
+        chan_in.channel.shutdown_write()
+        stdout = chan_out.read().decode(errors="replace")
+        stderr = chan_err.read().decode(errors="replace")
+        status = chan_out.channel.recv_exit_status()
+    finally:
+        client.close()
+    if status != 0:
+        # The script travels on stdin; only its stderr (which our scripts keep free of secrets) is shown.
+        raise RemoteCommandError(
+            f"remote command failed with exit code {status} on {connection['host']}:{connection.get('port')}:\n"
+            + (stderr.strip()[-3000:] or stdout.strip()[-3000:])
+        )
+    return stdout.rstrip("\n"), stderr.rstrip("\n")
+
+
+class _RemoteCommandProvider(ResourceProvider):
+    RERUN_ON = ("connection", "create", "stdin")
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        stdout, stderr = run(props["connection"], props["create"], props.get("stdin"))
+        return CreateResult(f"cmd-{time.time_ns():x}", {**props, "stdout": stdout, "stderr": stderr})
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = [k for k in (*self.RERUN_ON, "delete") if olds.get(k) != news.get(k)]
+        return DiffResult(changes=bool(changed))
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        if all(olds.get(k) == news.get(k) for k in self.RERUN_ON):
+            return UpdateResult({**news, "stdout": olds.get("stdout"), "stderr": olds.get("stderr")})
+        stdout, stderr = run(news["connection"], news["create"], news.get("stdin"))
+        return UpdateResult({**news, "stdout": stdout, "stderr": stderr})
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        if props.get("delete"):
+            run(props["connection"], props["delete"])
+
+
+class RemoteCommand(pulumi.dynamic.Resource, module="remote", name="Command"):
+    """Run ``create`` over SSH (``stdin`` fed to it) and ``delete`` on destroy."""
+
+    stdout: pulumi.Output[str]
+    stderr: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        connection: pulumi.Input[dict],
+        create: pulumi.Input[str],
+        stdin: pulumi.Input[str] | None = None,
+        delete: pulumi.Input[str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        props = {
+            "connection": connection,
+            "create": create,
+            "stdin": stdin,
+            "delete": delete,
+            "stdout": None,
+            "stderr": None,
+        }
+        opts = pulumi.ResourceOptions.merge(
+            # The connection holds the SSH key and stdin may hold TLS keys: never store them in clear.
+            opts, pulumi.ResourceOptions(additional_secret_outputs=["connection", "stdin", "stdout", "stderr"])
+        )
+        super().__init__(_RemoteCommandProvider(), name, props, opts)

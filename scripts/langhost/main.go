@@ -1,0 +1,199 @@
+// pulumi-language-python: a minimal Pulumi language host for this project's Python program.
+//
+// Why it exists: the Go module proxy reachable from our build machines refuses every version of
+// Pulumi's own language-host module (github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3),
+// so scripts/toolchain builds this one instead. It does what the official host does for a pip
+// virtualenv project: run Pulumi's `pulumi-language-python-exec` (shipped in the sdk/v3 module and
+// installed beside this binary) with the project's virtualenv python, passing the engine's run
+// request as arguments and the stack config as PULUMI_CONFIG. Plugins are provided by the toolchain,
+// so it reports no required plugins or packages.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
+	"github.com/pulumi/pulumi/sdk/v3/go/common/version"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// Exit code with which pulumi-language-python-exec says it already showed the user an error.
+const execShowedError = 32
+
+type host struct {
+	pulumirpc.UnimplementedLanguageRuntimeServer
+	engineAddress string
+	execScript    string
+	virtualenv    string // from -virtualenv, or the program's runtime options
+	root          string
+}
+
+func main() {
+	self, err := os.Executable()
+	if err != nil {
+		fatal(err)
+	}
+	h := &host{execScript: filepath.Join(filepath.Dir(self), "pulumi-language-python-exec")}
+	// The engine passes `-name=value` runtime options and flags, then the engine address. Options
+	// this host does not use (tracing, toolchain, typechecker, ...) are accepted and ignored.
+	for _, arg := range os.Args[1:] {
+		if !strings.HasPrefix(arg, "-") {
+			h.engineAddress = arg
+			continue
+		}
+		name, value, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+		switch name {
+		case "virtualenv":
+			h.virtualenv = value
+		case "root":
+			h.root = value
+		}
+	}
+	handle, err := rpcutil.ServeWithOptions(rpcutil.ServeOptions{
+		Init: func(srv *grpc.Server) error {
+			pulumirpc.RegisterLanguageRuntimeServer(srv, h)
+			return nil
+		},
+	})
+	if err != nil {
+		fatal(err)
+	}
+	fmt.Printf("%d\n", handle.Port)
+	if err := <-handle.Done; err != nil {
+		fatal(err)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintf(os.Stderr, "pulumi-language-python: %v\n", err)
+	os.Exit(1)
+}
+
+func (h *host) Handshake(_ context.Context, req *pulumirpc.LanguageHandshakeRequest) (*pulumirpc.LanguageHandshakeResponse, error) {
+	h.engineAddress = req.GetEngineAddress()
+	if req.RootDirectory != nil {
+		h.root = req.GetRootDirectory()
+	}
+	return &pulumirpc.LanguageHandshakeResponse{}, nil
+}
+
+// python returns the interpreter: the project's virtualenv when configured, else python3.
+func (h *host) python(info *pulumirpc.ProgramInfo) (string, string) {
+	venv := h.virtualenv
+	root := h.root
+	if info != nil {
+		if root == "" {
+			root = info.GetRootDirectory()
+		}
+		if opts := info.GetOptions(); opts != nil {
+			if v, ok := opts.GetFields()["virtualenv"]; ok && v.GetStringValue() != "" {
+				venv = v.GetStringValue()
+			}
+		}
+	}
+	if venv == "" {
+		return "python3", ""
+	}
+	if !filepath.IsAbs(venv) && root != "" {
+		venv = filepath.Join(root, venv)
+	}
+	return filepath.Join(venv, "bin", "python"), venv
+}
+
+func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.RunResponse, error) {
+	python, venv := h.python(req.GetInfo())
+	args := []string{"-u", h.execScript}
+	add := func(name, value string) {
+		if value != "" {
+			args = append(args, "--"+name, value)
+		}
+	}
+	add("monitor", req.GetMonitorAddress())
+	add("engine", h.engineAddress)
+	add("project", req.GetProject())
+	add("stack", req.GetStack())
+	add("pwd", req.GetPwd())
+	add("dry_run", fmt.Sprint(req.GetDryRun()))
+	add("parallel", fmt.Sprint(req.GetParallel()))
+	add("organization", req.GetOrganization())
+	if info := req.GetInfo(); info != nil {
+		add("root_directory", info.GetRootDirectory())
+	}
+	program := req.GetProgram()
+	if info := req.GetInfo(); info != nil && info.GetEntryPoint() != "" {
+		program = filepath.Join(info.GetProgramDirectory(), info.GetEntryPoint())
+	}
+	if program == "" {
+		program = "."
+	}
+	args = append(append(args, program), req.GetArgs()...)
+
+	config, err := json.Marshal(req.GetConfig())
+	if err != nil {
+		return nil, err
+	}
+	secretKeys, err := json.Marshal(req.GetConfigSecretKeys())
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, python, args...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), "PULUMI_CONFIG="+string(config), "PULUMI_CONFIG_SECRET_KEYS="+string(secretKeys))
+	if venv != "" {
+		cmd.Env = append(cmd.Env, "VIRTUAL_ENV="+venv, "PATH="+filepath.Join(venv, "bin")+":"+os.Getenv("PATH"))
+	}
+	if err := cmd.Run(); err != nil {
+		var exitErr *exec.ExitError
+		if errors.As(err, &exitErr) {
+			if exitErr.ExitCode() == execShowedError {
+				return &pulumirpc.RunResponse{Bail: true}, nil
+			}
+			return &pulumirpc.RunResponse{Error: fmt.Sprintf("Program exited with non-zero exit code: %d", exitErr.ExitCode())}, nil
+		}
+		return &pulumirpc.RunResponse{Error: fmt.Sprintf("could not run %s: %v", python, err)}, nil
+	}
+	return &pulumirpc.RunResponse{}, nil
+}
+
+func (h *host) GetRequiredPlugins(context.Context, *pulumirpc.GetRequiredPluginsRequest) (*pulumirpc.GetRequiredPluginsResponse, error) {
+	return &pulumirpc.GetRequiredPluginsResponse{}, nil
+}
+
+func (h *host) GetRequiredPackages(context.Context, *pulumirpc.GetRequiredPackagesRequest) (*pulumirpc.GetRequiredPackagesResponse, error) {
+	return &pulumirpc.GetRequiredPackagesResponse{}, nil
+}
+
+func (h *host) GetPluginInfo(context.Context, *emptypb.Empty) (*pulumirpc.PluginInfo, error) {
+	return &pulumirpc.PluginInfo{Version: version.Version}, nil
+}
+
+// InstallDependencies has nothing to do: scripts/setup creates the virtualenv from requirements.txt.
+func (h *host) InstallDependencies(*pulumirpc.InstallDependenciesRequest, grpc.ServerStreamingServer[pulumirpc.InstallDependenciesResponse]) error {
+	return nil
+}
+
+func (h *host) RuntimeOptionsPrompts(context.Context, *pulumirpc.RuntimeOptionsRequest) (*pulumirpc.RuntimeOptionsResponse, error) {
+	return &pulumirpc.RuntimeOptionsResponse{}, nil
+}
+
+func (h *host) About(_ context.Context, req *pulumirpc.AboutRequest) (*pulumirpc.AboutResponse, error) {
+	python, _ := h.python(req.GetInfo())
+	out, err := exec.Command(python, "--version").Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s --version: %w", python, err)
+	}
+	return &pulumirpc.AboutResponse{Executable: python, Version: strings.TrimPrefix(strings.TrimSpace(string(out)), "Python ")}, nil
+}
+
+func (h *host) GetProgramDependencies(context.Context, *pulumirpc.GetProgramDependenciesRequest) (*pulumirpc.GetProgramDependenciesResponse, error) {
+	return &pulumirpc.GetProgramDependenciesResponse{}, nil
+}
