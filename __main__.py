@@ -11,7 +11,8 @@ from components.machine import DockerMachine, DockerMachineArgs
 from components.tls import CertificateAuthority
 
 try:
-    stack_config = config.parse(pulumi.Config().require_object("machines"))
+    settings = pulumi.Config()
+    stack_config = config.parse(settings.require_object("machines"), settings.get("ca_rotation") or "")
 except config.ConfigError as err:
     # One clear message, before any resource is registered; RunError prints no traceback.
     raise pulumi.RunError(str(err)) from None
@@ -22,7 +23,7 @@ except (KeyError, OSError):
     owner = "unknown"
 
 project, stack = pulumi.get_project(), pulumi.get_stack()
-authority = CertificateAuthority(f"{stack}-tls", owner=owner)
+authority = CertificateAuthority(f"{stack}-tls", owner=owner, rotation=stack_config.ca_rotation)
 state_dir = os.path.join(state_root(), f"{project}-{stack}")
 
 machines = {

@@ -139,6 +139,11 @@ class MachineConfig(StrictModel):
     options: Any = Field(None, description="driver options, validated by the driver's Options model")
     engine: EngineOptions = EngineOptions()
     tls_san: list[str] = []
+    state: Literal["running", "stopped"] = Field(
+        "running", description="desired power state (scripts/machine start/stop), for drivers that support it"
+    )
+    # Changing it issues a new server certificate (scripts/machine regenerate-certs).
+    tls_rotation: str = ""
 
     @field_validator("driver")
     @classmethod
@@ -162,6 +167,8 @@ class MachineConfig(StrictModel):
 
 class StackConfig(StrictModel):
     machines: list[MachineConfig] = Field(min_length=1)
+    # Changing it replaces the stack's CA and client certificate (regenerate-certs --client-certs).
+    ca_rotation: str = ""
 
     @model_validator(mode="after")
     def _unique(self) -> StackConfig:
@@ -218,24 +225,27 @@ def _describe(e: dict[str, Any], prefix: tuple[Any, ...], machines: list[Any]) -
     return f"{_location(prefix + tuple(e['loc']), machines) or 'machines'}: {message}"
 
 
-def parse(raw: Any) -> StackConfig:
+def parse(raw: Any, ca_rotation: str = "") -> StackConfig:
     """Validate the raw ``machines`` config, driver options included.
 
     Raises ConfigError naming each bad field and what is allowed.
     """
     machines = raw if isinstance(raw, list) else []
     try:
-        config = StackConfig.model_validate({"machines": raw})
+        config = StackConfig.model_validate({"machines": raw, "ca_rotation": ca_rotation})
     except ValidationError as err:
         lines = [_describe(e, (), machines) for e in err.errors()]
         raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(lines)) from None
     validated, lines = [], []
     for index, machine in enumerate(config.machines):
+        driver = drivers.load(machine.driver)
         try:
-            options = drivers.load(machine.driver).Options.model_validate(machine.options or {})
+            options = driver.Options.model_validate(machine.options or {})
         except ValidationError as err:
             lines += [_describe(e, ("machines", index, "options"), machines) for e in err.errors()]
             continue
+        if machine.state == "stopped" and not getattr(driver, "SUPPORTS_POWER", False):
+            lines.append(f"machines[{machine.name}].state: the {machine.driver} driver cannot stop a machine")
         validated.append(machine.model_copy(update={"options": options}))
     if lines:
         raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(lines))

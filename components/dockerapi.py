@@ -55,7 +55,10 @@ def wait_for_docker(host: str, port: int, context: ssl.SSLContext, timeout: floa
 
 
 class _CheckProvider(ResourceProvider):
-    def _check(self, props: dict[str, Any]) -> dict[str, Any]:
+    def _check(self, props: dict[str, Any], olds: dict[str, Any] | None = None) -> dict[str, Any]:
+        if not props.get("running", True):
+            # A stopped machine answers nothing; keep what was last verified.
+            return {**(olds or {}), **props}
         context = tls_context(props["ca_cert"], props["client_cert"], props["client_key"])
         version = wait_for_docker(props["host"], int(props["port"]), context, float(props["timeout"]))
         return {
@@ -71,17 +74,18 @@ class _CheckProvider(ResourceProvider):
         return CreateResult(f"{props['host']}:{props['port']}", outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        keys = ("host", "port", "ca_cert", "client_cert", "client_key", "configuration")
+        keys = ("host", "port", "ca_cert", "client_cert", "client_key", "configuration", "running")
         return DiffResult(changes=any(olds.get(k) != news.get(k) for k in keys))
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(self._check(news))
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(self._check(news, olds))
 
 
 class DockerApiCheck(pulumi.dynamic.Resource, module="docker", name="ApiCheck"):
     """Proves the daemon answers /_ping and /version over mutual TLS with the client certificate.
 
-    ``configuration`` is a digest of what was provisioned: when it changes the check runs again.
+    ``configuration`` is a digest of what was provisioned: when it changes the check runs again, as it
+    does when the machine is started again (``running``); while stopped nothing is contacted.
     """
 
     server_version: pulumi.Output[str]
@@ -96,7 +100,8 @@ class DockerApiCheck(pulumi.dynamic.Resource, module="docker", name="ApiCheck"):
         client_cert: pulumi.Input[str],
         client_key: pulumi.Input[str],
         configuration: pulumi.Input[str],
-        timeout: float = 180,
+        running: bool = True,
+        timeout: float = 300,
         opts: pulumi.ResourceOptions | None = None,
     ):
         props = {
@@ -106,6 +111,7 @@ class DockerApiCheck(pulumi.dynamic.Resource, module="docker", name="ApiCheck"):
             "client_cert": client_cert,
             "client_key": client_key,
             "configuration": configuration,
+            "running": running,
             "timeout": timeout,
             "server_version": None,
             "api_version": None,

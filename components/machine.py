@@ -79,7 +79,9 @@ class DockerMachine(pulumi.ComponentResource):
         installed = step("install-docker", provisioning.install_script(engine), booted)
 
         sans = pulumi.Output.from_input(host.address).apply(lambda address: server_sans(address, machine.tls_san))
-        server_cert = ServerCertificate(f"{name}-server-cert", args.authority, f"{args.owner}.{name}", sans, opts=child)
+        server_cert = ServerCertificate(
+            f"{name}-server-cert", args.authority, f"{args.owner}.{name}", sans, machine.tls_rotation, opts=child
+        )
         tls_files = step(
             "tls",
             pulumi.Output.secret(
@@ -107,6 +109,7 @@ class DockerMachine(pulumi.ComponentResource):
             client_cert=args.authority.client_cert,
             client_key=args.authority.client_key,
             configuration=daemon_script.apply(lambda s: provisioning.digest(s)),
+            running=machine.state == "running",
             opts=pulumi.ResourceOptions(parent=self, depends_on=[daemon]),
         )
 

@@ -33,6 +33,8 @@ from components.config import MachineConfig, StrictModel
 from components.drivers import Host
 
 BUILTIN_IMAGES = ("debian-12", "debian-12-docker")
+# scripts/machine start/stop/kill act through the machine's desired `state`.
+SUPPORTS_POWER = True
 GUEST_SSH_PORT = 22
 POWERDOWN_TIMEOUT = 90
 
@@ -486,15 +488,22 @@ class VmProvider(ResourceProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         replaces = [k for k in self.REPLACE_ON if olds.get(k) != news.get(k)]
         restart = [k for k in self.RESTART_ON if olds.get(k) != news.get(k)]
-        stopped = olds.get("state") != "running"
+        # `state` is what refresh saw; `power` is what the stack wants.
+        power = olds.get("state") != news.get("power", "running")
         return DiffResult(
-            changes=bool(replaces or restart or stopped), replaces=replaces, delete_before_replace=True
+            changes=bool(replaces or restart or power), replaces=replaces, delete_before_replace=True
         )
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         d = news["instance_dir"]
-        self._power_off(d)
+        hardware_changed = any(olds.get(k) != news.get(k) for k in self.RESTART_ON)
         outs = {**olds, **news, "accel": detect_accel(news["accel_requested"])[0]}
+        if news.get("power") == "stopped":
+            self._power_off(d)
+            return UpdateResult({**outs, "state": "stopped", "pid": None})
+        if _pid_alive(_read_pid(f"{d}/qemu.pid")) and not hardware_changed and olds.get("state") == "running":
+            return UpdateResult(outs)
+        self._power_off(d)
         return UpdateResult(self._start(news, outs))
 
 
@@ -541,6 +550,7 @@ def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str,
             "bridge_cidr": options.bridge_cidr,
             "address": options.address,
             "engine_port": machine.engine.port,
+            "power": machine.state,
         },
         opts=pulumi.ResourceOptions.merge(
             opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="20m"))

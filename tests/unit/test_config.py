@@ -318,3 +318,19 @@ def test_program_with_bad_qemu_option_registers_nothing():
         run_program([{"name": "ok"}, {"name": "bad", "options": {"memory": 1}}], program=recorded)
     assert "machines[bad].options.memory" in str(info.value)
     assert recorded.resources == []
+
+
+def test_state_and_rotation_defaults():
+    parsed = config.parse(machine())
+    assert parsed.machines[0].state == "running"
+    assert parsed.machines[0].tls_rotation == "" and parsed.ca_rotation == ""
+
+
+def test_state_must_be_running_or_stopped():
+    message = error_of(machine(state="paused"))
+    assert "machines[default].state" in message
+    assert "'running'" in message and "'stopped'" in message
+
+
+def test_stopped_is_allowed_for_drivers_that_can_power_off():
+    assert config.parse(machine(driver="qemu", state="stopped")).machines[0].state == "stopped"

@@ -236,6 +236,23 @@ def test_diff_restarts_a_stopped_vm():
     assert diff.changes and not diff.replaces
 
 
+def test_diff_stops_a_running_vm_when_the_stack_wants_it_stopped():
+    diff = qemu.VmProvider().diff("id", VM_STATE, {**VM_INPUTS, "power": "stopped"})
+    assert diff.changes and not diff.replaces
+    stopped = {**VM_STATE, "state": "stopped", "power": "stopped"}
+    assert not qemu.VmProvider().diff("id", stopped, {**VM_INPUTS, "power": "stopped"}).changes
+
+
+def test_update_to_stopped_powers_off_and_reports_stopped(monkeypatch):
+    powered_off = []
+    monkeypatch.setattr(qemu.VmProvider, "_power_off", lambda self, d: powered_off.append(d))
+    monkeypatch.setattr(qemu, "detect_accel", lambda requested: ("tcg", "test"))
+    outs = qemu.VmProvider().update("id", VM_STATE, {**VM_INPUTS, "power": "stopped"}).outs
+    assert powered_off == [D]
+    assert outs["state"] == "stopped" and outs["pid"] is None
+    assert outs["ssh_port"] == VM_STATE["ssh_port"]  # the forwards are kept for the next start
+
+
 def test_diff_no_change():
     diff = qemu.VmProvider().diff("id", VM_STATE, dict(VM_INPUTS))
     assert not diff.changes and not diff.replaces
