@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -96,3 +97,26 @@ def qemu_processes_for(path_fragment: str) -> list[str]:
 
 def have_tools() -> bool:
     return all(shutil.which(t) for t in ("qemu-system-x86_64", "qemu-img", "docker", "curl"))
+
+
+@pytest.fixture(scope="session")
+def local_machine(e2e_env):
+    """One QEMU machine for the whole session (boots are minutes under TCG): (stack, name, instance dir)."""
+    name = f"e2e-{os.getpid()}"
+    stack = new_stack(e2e_env, "local", [{"name": name, "driver": "qemu", "engine": {"install": "packages"}}])
+    instance_dir = os.path.join(stack.state_dir, f"docker-machine-{stack.name}", "qemu", name)
+    cert_dir = os.path.expanduser(f"~/.docker/machine/machines/{name}")
+    try:
+        stack.pulumi("up", "--yes", "--skip-preview", timeout=2400)
+        yield stack, name, instance_dir
+        stack.pulumi("destroy", "--yes", timeout=600)
+        # Nothing of the VM may survive destroy: process, overlay, seed, sockets, tap.
+        assert qemu_processes_for(instance_dir) == []
+        assert not os.path.exists(instance_dir), os.listdir(instance_dir)
+        tap = "dm" + hashlib.sha256(instance_dir.encode()).hexdigest()[:10]
+        assert tap not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    finally:
+        if qemu_processes_for(instance_dir):  # a failed run must not leak a VM into the next one
+            stack.pulumi("destroy", "--yes", check=False, timeout=600)
+        remove_stack(stack)
+        shutil.rmtree(cert_dir, ignore_errors=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -11,31 +10,14 @@ import subprocess
 import pytest
 
 from components import tls
-from tests.e2e.conftest import ROOT, have_tools, new_stack, qemu_processes_for, remove_stack
+from tests.e2e.conftest import ROOT, have_tools
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not have_tools(), reason="needs qemu, docker and curl (make setup)")]
 
 
 @pytest.fixture(scope="module")
-def machine(e2e_env, tmp_path_factory):
-    name = f"e2e-{os.getpid()}"
-    stack = new_stack(e2e_env, "local", [{"name": name, "driver": "qemu", "engine": {"install": "packages"}}])
-    instance_dir = os.path.join(stack.state_dir, f"docker-machine-{stack.name}", "qemu", name)
-    cert_dir = os.path.expanduser(f"~/.docker/machine/machines/{name}")
-    try:
-        stack.pulumi("up", "--yes", "--skip-preview", timeout=2400)
-        yield stack, name, instance_dir
-        stack.pulumi("destroy", "--yes", timeout=600)
-        # Nothing of the VM may survive destroy: process, overlay, seed, sockets, tap.
-        assert qemu_processes_for(instance_dir) == []
-        assert not os.path.exists(instance_dir), os.listdir(instance_dir)
-        tap = "dm" + hashlib.sha256(instance_dir.encode()).hexdigest()[:10]
-        assert tap not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    finally:
-        if qemu_processes_for(instance_dir):  # a failed run must not leak a VM into the next one
-            stack.pulumi("destroy", "--yes", check=False, timeout=600)
-        remove_stack(stack)
-        shutil.rmtree(cert_dir, ignore_errors=True)
+def machine(local_machine):
+    return local_machine
 
 
 def docker_env(stack, name: str) -> dict[str, str]:

@@ -35,9 +35,21 @@ class Registered:
 
 
 @dataclass
+class Called:
+    """One provider function call (an invoke such as ``aws:ec2/getAmi:getAmi``) with its wire arguments."""
+
+    token: str
+    args: dict[str, Any]
+
+
+@dataclass
 class Program:
     resources: list[Registered] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    calls: list[Called] = field(default_factory=list)
+
+    def called(self, token: str) -> list[Called]:
+        return [c for c in self.calls if c.token == token]
 
     def of_type(self, suffix: str) -> list[Registered]:
         return [r for r in self.resources if r.typ.endswith(suffix)]
@@ -72,9 +84,17 @@ class RecordingMonitor(MockMonitor):
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
-    def __init__(self, program: Program, overrides: dict[str, dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        program: Program,
+        overrides: dict[str, dict[str, Any]] | None = None,
+        calls: dict[str, Any] | None = None,
+        ids: dict[str, str] | None = None,
+    ):
         self.program = program
         self.overrides = overrides or {}
+        self.calls = calls or {}
+        self.ids = ids or {}
         self.monitor: RecordingMonitor | None = None
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
@@ -103,10 +123,13 @@ class RecordingMocks(pulumi.runtime.Mocks):
         for suffix, values in self.overrides.items():
             if args.typ.endswith(suffix):
                 outs.update(values)
-        return (f"{args.name}-id" if args.custom else None, outs)
+        resource_id = next((i for suffix, i in self.ids.items() if args.typ.endswith(suffix)), f"{args.name}-id")
+        return (resource_id if args.custom else None, outs)
 
     def call(self, args: pulumi.runtime.MockCallArgs):
-        return {}
+        self.program.calls.append(Called(args.token, dict(args.args)))
+        result = self.calls.get(args.token, {})
+        return result(dict(args.args)) if callable(result) else result
 
 
 def run_program(
@@ -116,15 +139,21 @@ def run_program(
     *,
     program: Program | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    calls: dict[str, Any] | None = None,
+    ids: dict[str, str] | None = None,
 ) -> Program:
     """Execute __main__.py with `docker-machine:machines` set to ``machines``; return what it registered.
 
     Stack outputs are resolved to plain values (secrets unwrapped) in ``Program.outputs``.
     ``program``: record into this object (lets a caller inspect what was registered when the run raises).
     ``overrides``: {type-token suffix: outputs} merged over the default mock outputs of that type.
+    ``calls``: {function token: result} for provider function calls (invokes), recorded in ``Program.calls``;
+    a result may be a callable taking the call's arguments, and may return ``(outputs, [(property, reason)])``
+    to make the call fail. Unlisted calls return ``{}``.
+    ``ids``: {type-token suffix: id} for resources whose id must look real (default ``<name>-id``).
     """
     program = Program() if program is None else program
-    mocks = RecordingMocks(program, overrides)
+    mocks = RecordingMocks(program, overrides, calls, ids)
     pulumi.runtime.set_mocks(
         mocks, project="docker-machine", stack=stack, preview=preview, monitor=RecordingMonitor(mocks)
     )
