@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from components import drivers
 
@@ -25,26 +25,29 @@ MACHINE_NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9\-\.]*$"
 _ENGINE_OPT_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9-]*(=.*)?$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
-_DNS_NAME_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
+DNS_NAME_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
 
 
 class ConfigError(ValueError):
     """A stack configuration error, worded for the user (field path + what is allowed)."""
 
 
-def _no_control_characters(value: Any) -> Any:
-    strings = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-    for item in strings:
-        if isinstance(item, str) and any(ord(c) < 32 or ord(c) == 127 for c in item):
-            raise ValueError(f"{item!r} contains a control character (e.g. a newline), which is not allowed")
-    return value
-
-
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields that may span lines (keys); they are never put into scripts or unit files.
+    MULTILINE: ClassVar[frozenset[str]] = frozenset()
 
-    # Values end up in shell scripts and one-line systemd directives: no newlines or other controls.
-    _controls = field_validator("*", mode="before")(_no_control_characters)
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_control_characters(cls, value: Any, info: ValidationInfo) -> Any:
+        """Values end up in shell scripts and one-line systemd directives: no newlines or other controls."""
+        if info.field_name in cls.MULTILINE:
+            return value
+        strings = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        for item in strings:
+            if isinstance(item, str) and any(ord(c) < 32 or ord(c) == 127 for c in item):
+                raise ValueError(f"{item!r} contains a control character (e.g. a newline), which is not allowed")
+        return value
 
 
 def _key_value_list(value: Any, what: str) -> list[str]:
@@ -160,7 +163,7 @@ class MachineConfig(StrictModel):
             try:
                 ipaddress.ip_address(san)
             except ValueError:
-                if not _DNS_NAME_RE.match(san):
+                if not DNS_NAME_RE.match(san):
                     raise ValueError(f"{san!r} is neither an IP address nor a DNS name") from None
         return v
 

@@ -61,7 +61,7 @@ class DockerMachine(pulumi.ComponentResource):
             "per_dial_timeout": 10,
         })
 
-        def step(stage: str, script: pulumi.Input[str], after: pulumi.Resource, **kwargs) -> RemoteCommand:
+        def step(stage: str, script: pulumi.Input[str], after: pulumi.Resource | None, **kwargs) -> RemoteCommand:
             return RemoteCommand(
                 f"{name}-{stage}",
                 connection=connection,
@@ -69,7 +69,7 @@ class DockerMachine(pulumi.ComponentResource):
                 stdin=script,
                 opts=pulumi.ResourceOptions(
                     parent=self,
-                    depends_on=[after],
+                    depends_on=[after] if after else [],
                     custom_timeouts=pulumi.CustomTimeouts(create="30m", update="30m"),
                 ),
                 **kwargs,

@@ -16,8 +16,11 @@ DROPIN_DIR = "/etc/systemd/system/docker.service.d"
 DROPIN = f"{DROPIN_DIR}/10-machine.conf"
 CERT_DIR = "/etc/docker"
 
-# The command pulumi-command runs; the script itself arrives on stdin.
-AS_ROOT = 'if [ "$(id -u)" -eq 0 ]; then sh -s; else sudo -n sh -s; fi'
+# The command run over SSH; the script itself arrives on stdin. docker-machine needs root or passwordless sudo.
+AS_ROOT = (
+    'if [ "$(id -u)" -eq 0 ]; then sh -s; elif sudo -n true 2>/dev/null; then sudo -n sh -s; '
+    'else echo "user $(id -un) is not root and has no passwordless sudo" >&2; exit 1; fi'
+)
 
 
 

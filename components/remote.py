@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 import time
 from typing import Any
 
@@ -111,7 +112,10 @@ class _RemoteCommandProvider(ResourceProvider):
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         if props.get("delete"):
-            run(props["connection"], props["delete"])
+            stdout, _ = run(props["connection"], props["delete"])
+            if stdout:
+                # The engine shows a dynamic provider's stderr: tell the user what was left in place.
+                print(f"{props['connection']['host']}: {stdout}", file=sys.stderr)
 
 
 class RemoteCommand(pulumi.dynamic.Resource, module="remote", name="Command"):

@@ -32,8 +32,8 @@ class Host:
     address: pulumi.Input[str]
     # The port the Docker client dials (a forwarded port for QEMU user networking).
     engine_port: pulumi.Input[int]
-    # What the provisioning steps must wait for (e.g. the VM resource).
-    ready: pulumi.Resource
+    # What the provisioning steps must wait for (e.g. the VM resource); None for an existing host.
+    ready: pulumi.Resource | None
     # Dial attempts while the host boots (pulumi-command retries every few seconds).
     dial_error_limit: int = 120
     # Whether destroy must undo our changes on the host (only for hosts we did not create).

@@ -23,10 +23,13 @@ class Stack:
     env: dict[str, str]
     config_file: str
     state_dir: str
+    # Another Pulumi project than the repo's (e.g. tests/e2e/bare_vm), run with --cwd.
+    project_dir: str | None = None
 
     def pulumi(self, *args: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cwd = ["--cwd", self.project_dir] if self.project_dir else []
         result = subprocess.run(
-            [os.path.join(ROOT, "scripts", "pulumi"), *args, "--stack", self.name, "--non-interactive"],
+            [os.path.join(ROOT, "scripts", "pulumi"), *cwd, *args, "--stack", self.name, "--non-interactive"],
             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout,
         )
         if check and result.returncode != 0:
@@ -68,22 +71,31 @@ def e2e_env(tmp_path_factory) -> dict[str, str]:
         DMP_STATE=str(base / "state"),
     )
     (base / "backend").mkdir()
+    # Projects other than the repo's import `components` from the checkout (their dynamic providers too).
+    env["PYTHONPATH"] = ROOT
     return env
 
 
-def new_stack(env: dict[str, str], prefix: str, machines: list[dict]) -> Stack:
+def new_stack(env: dict[str, str], prefix: str, machines: list[dict] | None, project_dir: str | None = None) -> Stack:
+    """A stack of the repo's project with ``machines``, or of another project (no config) in ``project_dir``."""
     name = f"test-{prefix}-{secrets.token_hex(3)}"
-    stack = Stack(name, env, write_stack_config(name, machines), env["DMP_STATE"])
+    if project_dir:
+        config_file = os.path.join(project_dir, f"Pulumi.{name}.yaml")
+    else:
+        config_file = write_stack_config(name, machines or [])
+    stack = Stack(name, env, config_file, env["DMP_STATE"], project_dir)
+    cwd = ["--cwd", project_dir] if project_dir else []
     subprocess.run(
-        [os.path.join(ROOT, "scripts", "pulumi"), "stack", "init", name], cwd=ROOT, env=env,
+        [os.path.join(ROOT, "scripts", "pulumi"), *cwd, "stack", "init", name], cwd=ROOT, env=env,
         check=True, capture_output=True, text=True,
     )
     return stack
 
 
 def remove_stack(stack: Stack) -> None:
+    cwd = ["--cwd", stack.project_dir] if stack.project_dir else []
     subprocess.run(
-        [os.path.join(ROOT, "scripts", "pulumi"), "stack", "rm", "--yes", "--force", "--stack", stack.name],
+        [os.path.join(ROOT, "scripts", "pulumi"), *cwd, "stack", "rm", "--yes", "--force", "--stack", stack.name],
         cwd=ROOT, env=stack.env, capture_output=True, text=True,
     )
     if os.path.exists(stack.config_file):

@@ -32,6 +32,7 @@ class Registered:
     provider: str | None = None
     resource_id: str | None = None
     additional_secret_outputs: list[str] = field(default_factory=list)
+    ignore_changes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -108,6 +109,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
             registered.dependencies = list(request.dependencies)
             registered.property_dependencies = {k: list(v.urns) for k, v in request.propertyDependencies.items()}
             registered.additional_secret_outputs = list(request.additionalSecretOutputs)
+            registered.ignore_changes = list(request.ignoreChanges)
         self.program.resources.append(registered)
         outs = dict(args.inputs)
         if args.typ.endswith("dynamic/qemu:Vm"):

@@ -39,7 +39,7 @@ def pairs(argv: list[str], flag: str) -> list[str]:
 class Sandbox:
     """A PATH with selected real tools and logging stubs; paths in scripts rewritten under ``root``."""
 
-    BASE_TOOLS = ("cat", "mkdir", "mv", "chmod", "rm", "rmdir", "grep", "seq", "mktemp")
+    BASE_TOOLS = ("cat", "mkdir", "mv", "chmod", "rm", "rmdir", "grep", "seq", "mktemp", "true")
 
     def __init__(self, tmp_path):
         self.root = tmp_path / "root"
@@ -456,7 +456,18 @@ def test_as_root_uses_non_interactive_sudo_otherwise(sandbox):
         env={"PATH": str(sandbox.bin), "LOG": str(sandbox.log)}, timeout=10,
     )  # fmt: skip
     assert result.stdout == "from-stdin\n"
-    assert [c for c in sandbox.calls() if c.startswith("sudo")] == ["sudo -n sh -s"]
+    assert [c for c in sandbox.calls() if c.startswith("sudo")] == ["sudo -n true", "sudo -n sh -s"]
+
+
+def test_as_root_names_a_user_without_passwordless_sudo(sandbox):
+    sandbox.stub("id", 'case "$1" in -u) echo 1000 ;; -un) echo alice ;; esac')
+    sandbox.stub("sudo", "echo 'sudo: a password is required' >&2; exit 1")
+    result = subprocess.run(
+        [SH, "-c", provisioning.AS_ROOT], input="echo never\n", capture_output=True, text=True,
+        env={"PATH": str(sandbox.bin), "LOG": str(sandbox.log)}, timeout=10,
+    )  # fmt: skip
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == "user alice is not root and has no passwordless sudo"
 
 
 def test_as_root_inline_keeps_the_script_intact(sandbox):

@@ -1,0 +1,421 @@
+"""Azure driver (docker-machine's ``azure``, docker-machine.md §2.2) on pulumi-azure-native.
+
+Per machine, docker-machine's set: a resource group (or an existing one), a virtual network and subnet (or
+existing ones), a network security group ``<name>-firewall`` with docker-machine's rules and priorities, a
+Standard static public IP (optionally with a DNS label), a NIC and the VM from Canonical's Ubuntu 24.04
+image with a managed OS disk, key-only login as ``docker-user``. Subscription, tenant, cloud environment and
+credentials come from the provider's own configuration (``az login``, ``ARM_*`` variables or
+``pulumi config set azure-native:…``), never from this driver's options.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import os
+import re
+from typing import Any, Literal
+
+import pulumi
+import pulumi_azure_native as azure
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from pydantic import Field, field_validator, model_validator
+
+from components.config import MachineConfig, StrictModel
+from components.drivers import Host
+
+# --- shared by the cloud drivers (kept identical in aws.py, azure.py and digitalocean.py) ----------------------
+
+ANYWHERE = "0.0.0.0/0"
+
+
+def _cidr(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_network(str(value), strict=True))
+    except ValueError as err:
+        raise ValueError(f"{value!r} is not a valid CIDR ({err})") from None
+
+
+class AllowedCidrs(StrictModel):
+    """Sources allowed in, per group of ports. docker-machine opened everything to 0.0.0.0/0; the engine port
+    only speaks mutual TLS, so that stays the default. The machine running ``pulumi up`` must stay inside both
+    ``ssh`` (provisioning) and ``engine`` (the API check)."""
+
+    ssh: list[str] = Field([ANYWHERE], min_length=1)
+    engine: list[str] = Field([ANYWHERE], min_length=1)
+    open_ports: list[str] = Field([ANYWHERE], min_length=1)
+
+    @field_validator("ssh", "engine", "open_ports")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(_cidr(c) for c in v))
+
+
+def _split_cidrs(cidrs: list[str]) -> tuple[list[str], list[str]]:
+    v4 = [c for c in cidrs if ipaddress.ip_network(c).version == 4]
+    return v4, [c for c in cidrs if c not in v4]
+
+
+def _open_ports(value: Any, protocols: tuple[str, ...]) -> list[str]:
+    """docker-machine's ``--*-open-port`` values (``8080``, ``53/udp``) normalised to ``port/protocol``."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        value = [value]
+    ports = []
+    for item in value:
+        match = re.fullmatch(r"(\d{1,5})(?:/([a-z*]+))?", str(item).strip().lower())
+        if not match:
+            raise ValueError(f"open port {item!r} must look like PORT or PORT/PROTOCOL (e.g. 8080, 53/udp)")
+        port, protocol = int(match[1]), match[2] or "tcp"
+        if not 1 <= port <= 65535:
+            raise ValueError(f"open port {item!r}: port {port} is out of range 1-65535")
+        if protocol not in protocols:
+            raise ValueError(f"open port {item!r}: protocol must be one of {', '.join(protocols)}")
+        ports.append(f"{port}/{protocol}")
+    return list(dict.fromkeys(ports))
+
+
+def load_private_key(path: str) -> tuple[str, str]:
+    """Read an unencrypted SSH private key (OpenSSH or PEM): (its text, its public key as an OpenSSH line)."""
+    full = os.path.abspath(os.path.expanduser(path))
+    try:
+        with open(full, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ValueError(f"cannot read {full}: {err.strerror}") from None
+    try:
+        if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
+            key = serialization.load_ssh_private_key(data, password=None)
+        else:
+            key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise ValueError(f"{full} is protected by a passphrase, which unattended SSH cannot use") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError(f"{full} is not an OpenSSH or PEM private key") from None
+    if not isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
+        raise ValueError(f"{full} is not an RSA, ECDSA or Ed25519 key")
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return data.decode(), public.decode()
+
+
+def md5_fingerprint(public_key: str) -> str:
+    """The MD5 fingerprint of an OpenSSH public key line, colon-separated (what DigitalOcean shows)."""
+    digest = hashlib.md5(base64.b64decode(public_key.split()[1]), usedforsecurity=False).hexdigest()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def _readable_file(path: str, limit: int, what: str) -> str:
+    full = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(full):
+        raise ValueError(f"{what} file {full} does not exist")
+    size = os.path.getsize(full)
+    if size > limit:
+        raise ValueError(f"{what} file {full} is {size} bytes; the limit is {limit}")
+    return path
+
+
+def _read_file(path: str) -> bytes:
+    with open(os.path.abspath(os.path.expanduser(path)), "rb") as f:
+        return f.read()
+
+
+# --- Azure -------------------------------------------------------------------------------------------------------
+
+# Ubuntu 24.04 LTS from Canonical (docker-machine's canonical:UbuntuServer:16.04.0-LTS is long out of support).
+DEFAULT_IMAGE = "canonical:ubuntu-24_04-lts:server:latest"
+# Names Azure refuses for a Linux admin user (besides root).
+RESERVED_USERS = frozenset(
+    "administrator admin user user1 test user2 test1 user3 admin1 1 123 a actuser adm admin2 aspnet backup console "
+    "david guest john owner root server sql support support_388945a0 sys test2 test3 user4 user5".split()
+)
+CUSTOM_DATA_LIMIT = 65535  # bytes before base64 (Azure's limit for customData)
+# docker-machine's NSG rules (inbound): SSH 100, Docker 300, user ports 1000 + i.
+SSH_PRIORITY, DOCKER_PRIORITY, OPEN_PORT_PRIORITY = 100, 300, 1000
+_PROTOCOLS = {"tcp": "Tcp", "udp": "Udp", "*": "*"}
+_RULE_PROTOCOL_NAMES = {"tcp": "tcp", "udp": "udp", "*": "any"}
+
+
+class Options(StrictModel):
+    resource_group: str | None = Field(
+        None, pattern=r"^[-\w.()]{1,89}[-\w()]$", description="an existing group; default: one created per machine"
+    )
+    location: str = Field("westus", description="docker-machine's default")
+    size: str = Field("Standard_B2s", pattern=r"^Standard_[A-Za-z0-9_-]+$")
+    image: str = Field(DEFAULT_IMAGE, description="publisher:offer:sku:version")
+    ssh_user: str = Field("docker-user", description="the VM's admin user; root and Azure's reserved names refused")
+    vnet: str | None = Field(None, description="an existing virtual network, [resource-group:]name")
+    subnet: str = Field("docker-machine", pattern=r"^[\w][\w.-]{0,78}[\w]$|^\w$")
+    subnet_prefix: str = Field("192.168.0.0/16", description="of the created virtual network and subnet")
+    open_ports: list[str] = Field([], description="PORT or PORT/tcp|udp|*")
+    allowed_cidrs: AllowedCidrs = AllowedCidrs()
+    private_ip_address: str | None = Field(None, description="a static private address in the subnet")
+    use_private_ip: bool = Field(False, description="keep the public IP but dial the private address")
+    no_public_ip: bool = Field(False, description="no public IP; dial the private address")
+    static_public_ip: bool = Field(True, description="Standard public IPs are always static")
+    dns_label: str | None = Field(
+        None,
+        pattern=r"^[a-z][a-z0-9-]{1,61}[a-z0-9]$",
+        description="<label>.<location>.cloudapp.azure.com becomes the machine's address",
+    )
+    os_disk_type: Literal["Standard_LRS", "StandardSSD_LRS", "Premium_LRS", "StandardSSD_ZRS", "Premium_ZRS"] = (
+        "StandardSSD_LRS"
+    )
+    os_disk_size: int | None = Field(None, ge=30, le=4095, description="GiB; default: the image's (30)")
+    custom_data_file: str | None = None
+    tags: dict[str, str] = {}
+
+    @field_validator("location", mode="before")
+    @classmethod
+    def _location(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        name = v.replace(" ", "").lower()  # "West US 2" → westus2
+        if not re.fullmatch(r"[a-z]+[a-z0-9]*", name):
+            raise ValueError(f"{v!r} is not an Azure location name (e.g. westus, westeurope)")
+        return name
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        parts = v.split(":")
+        if len(parts) != 4 or not all(re.fullmatch(r"[A-Za-z0-9._-]+", p) for p in parts):
+            raise ValueError(f"{v!r} must be publisher:offer:sku:version (e.g. {DEFAULT_IMAGE})")
+        return v
+
+    @field_validator("ssh_user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,63}", v):
+            raise ValueError(f"{v!r} is not a valid Linux user name")
+        if v.lower() in RESERVED_USERS:
+            raise ValueError(f"{v!r} is not allowed as the Azure admin user (root and Azure's reserved names)")
+        return v
+
+    @field_validator("vnet")
+    @classmethod
+    def _vnet(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"([-\w.()]{1,90}:)?[\w][\w.-]{0,62}[\w]", v):
+            raise ValueError(f"{v!r} must be [resource-group:]name")
+        return v
+
+    @field_validator("subnet_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        network = ipaddress.ip_network(_cidr(v))
+        if network.version != 4 or network.prefixlen > 29:
+            raise ValueError(f"{v!r} must be an IPv4 CIDR of /29 or larger")
+        return str(network)
+
+    @field_validator("private_ip_address")
+    @classmethod
+    def _private_ip(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ipaddress.IPv4Address(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is not an IPv4 address") from None
+        return v
+
+    @field_validator("open_ports", mode="before")
+    @classmethod
+    def _ports(cls, v: Any) -> list[str]:
+        return _open_ports(v, tuple(_PROTOCOLS))
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags(cls, v: Any) -> dict[str, str]:
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise ValueError("tags must be a mapping")
+        for k, value in v.items():
+            if not 1 <= len(str(k)) <= 512 or re.search(r"[<>%&\\?/]", str(k)) or len(str(value)) > 256:
+                raise ValueError(f"tag {k!r}: names are 1-512 characters without <>%&\\?/, values at most 256")
+        return {str(k): str(value) for k, value in v.items()}
+
+    @field_validator("custom_data_file")
+    @classmethod
+    def _custom_data(cls, v: str | None) -> str | None:
+        return None if v is None else _readable_file(v, CUSTOM_DATA_LIMIT, "custom data")
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Options:
+        if not self.static_public_ip:
+            raise ValueError(
+                "static_public_ip: false would need a Basic SKU public IP, which Azure retired (none can be "
+                "created since 2025-03-31); Standard public IPs are static"
+            )
+        if self.no_public_ip and self.dns_label:
+            raise ValueError("dns_label names the public IP: it cannot be combined with no_public_ip")
+        if self.vnet and ":" not in self.vnet and self.resource_group is None:
+            raise ValueError("vnet: give it as <resource-group>:<name> when resource_group is not set")
+        if self.private_ip_address and self.vnet is None:
+            network = ipaddress.IPv4Network(self.subnet_prefix)
+            address = ipaddress.IPv4Address(self.private_ip_address)
+            hosts = list(network.hosts())
+            # Azure reserves the network address, the first three host addresses and the broadcast address.
+            if address not in network or address in hosts[:3] or address in (network.network_address,
+                                                                            network.broadcast_address):
+                raise ValueError(
+                    f"private_ip_address {address} must be a usable address of subnet_prefix {network} "
+                    "(Azure reserves the first four and the last)"
+                )
+        return self
+
+
+def security_rules(options: Options, engine_port: int) -> list[dict[str, Any]]:
+    """docker-machine's NSG rules, with the configured sources instead of "any"."""
+
+    def rule(name: str, priority: int, port: int, protocol: str, cidrs: list[str]) -> dict[str, Any]:
+        source = {"source_address_prefix": cidrs[0]} if len(cidrs) == 1 else {"source_address_prefixes": cidrs}
+        return {
+            "name": name,
+            "priority": priority,
+            "direction": "Inbound",
+            "access": "Allow",
+            "protocol": _PROTOCOLS[protocol],
+            "source_port_range": "*",
+            "destination_address_prefix": "*",
+            "destination_port_range": str(port),
+            **source,
+        }
+
+    cidrs = options.allowed_cidrs
+    rules = [
+        rule("SSHAllowAny", SSH_PRIORITY, 22, "tcp", cidrs.ssh),
+        rule("DockerAllowAny", DOCKER_PRIORITY, engine_port, "tcp", cidrs.engine),
+    ]
+    for index, item in enumerate(options.open_ports):
+        port, protocol = item.split("/")
+        name = f"Port{port}-{_RULE_PROTOCOL_NAMES[protocol]}AllowAny"
+        rules.append(rule(name, OPEN_PORT_PRIORITY + index, int(port), protocol, cidrs.open_ports))
+    return rules
+
+
+def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str, opts: pulumi.ResourceOptions) -> Host:
+    o: Options = machine.options
+    location, tags = o.location, o.tags or None
+
+    if o.resource_group:
+        group: pulumi.Input[str] = o.resource_group
+    else:
+        group = azure.resources.ResourceGroup(f"{name}-rg", location=location, tags=tags, opts=opts).name
+
+    if o.vnet:
+        vnet_group, _, vnet_name = o.vnet.rpartition(":")
+        subnet_id: pulumi.Input[str] = azure.network.get_subnet_output(
+            resource_group_name=vnet_group or o.resource_group, virtual_network_name=vnet_name, subnet_name=o.subnet
+        ).id
+    else:
+        vnet = azure.network.VirtualNetwork(
+            f"{name}-vnet",
+            resource_group_name=group,
+            location=location,
+            address_space={"address_prefixes": [o.subnet_prefix]},
+            subnets=[{"name": o.subnet, "address_prefix": o.subnet_prefix}],
+            tags=tags,
+            opts=opts,
+        )
+        subnet_id = pulumi.Output.concat(vnet.id, "/subnets/", o.subnet)
+
+    firewall = azure.network.NetworkSecurityGroup(
+        f"{name}-firewall",
+        resource_group_name=group,
+        location=location,
+        security_rules=security_rules(o, machine.engine.port),
+        tags=tags,
+        opts=opts,
+    )
+
+    public_ip = None
+    if not o.no_public_ip:
+        public_ip = azure.network.PublicIPAddress(
+            f"{name}-ip",
+            resource_group_name=group,
+            location=location,
+            sku={"name": "Standard", "tier": "Regional"},
+            public_ip_allocation_method="Static",
+            public_ip_address_version="IPv4",
+            dns_settings={"domain_name_label": o.dns_label} if o.dns_label else None,
+            tags=tags,
+            opts=opts,
+        )
+
+    ip_configuration: dict[str, Any] = {
+        "name": "ipconfig",
+        "primary": True,
+        "subnet": {"id": subnet_id},
+        "private_ip_allocation_method": "Static" if o.private_ip_address else "Dynamic",
+    }
+    if o.private_ip_address:
+        ip_configuration["private_ip_address"] = o.private_ip_address
+    if public_ip is not None:
+        ip_configuration["public_ip_address"] = {"id": public_ip.id}
+    nic = azure.network.NetworkInterface(
+        f"{name}-nic",
+        resource_group_name=group,
+        location=location,
+        ip_configurations=[ip_configuration],
+        network_security_group={"id": firewall.id},
+        tags=tags,
+        opts=opts,
+    )
+
+    publisher, offer, sku, version = o.image.split(":")
+    os_disk: dict[str, Any] = {
+        "create_option": "FromImage",
+        "caching": "ReadWrite",
+        "delete_option": "Delete",
+        "managed_disk": {"storage_account_type": o.os_disk_type},
+    }
+    if o.os_disk_size:
+        os_disk["disk_size_gb"] = o.os_disk_size
+    os_profile: dict[str, Any] = {
+        "computer_name": machine.name,
+        "admin_username": o.ssh_user,
+        "linux_configuration": {
+            "disable_password_authentication": True,
+            "provision_vm_agent": True,
+            "ssh": {
+                "public_keys": [{"path": f"/home/{o.ssh_user}/.ssh/authorized_keys", "key_data": ssh_key.public_key}]
+            },
+        },
+    }
+    if o.custom_data_file:
+        os_profile["custom_data"] = base64.b64encode(_read_file(o.custom_data_file)).decode()
+    vm = azure.compute.VirtualMachine(
+        f"{name}-vm",
+        resource_group_name=group,
+        location=location,
+        hardware_profile={"vm_size": o.size},
+        storage_profile={
+            "image_reference": {"publisher": publisher, "offer": offer, "sku": sku, "version": version},
+            "os_disk": os_disk,
+        },
+        os_profile=os_profile,
+        network_profile={"network_interfaces": [{"id": nic.id, "primary": True}]},
+        tags=tags,
+        opts=pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="30m"))
+        ),
+    )
+
+    if o.no_public_ip or o.use_private_ip:
+        address: pulumi.Output[str] = nic.ip_configurations.apply(lambda configs: configs[0].private_ip_address)
+    elif o.dns_label:
+        address = public_ip.dns_settings.apply(lambda dns: dns.fqdn)
+    else:
+        address = public_ip.ip_address
+    return Host(
+        ssh_host=address,
+        ssh_port=22,
+        ssh_user=o.ssh_user,
+        ssh_private_key=ssh_key.private_key,
+        address=address,
+        engine_port=machine.engine.port,
+        ready=vm,
+    )

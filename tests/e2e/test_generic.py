@@ -1,0 +1,111 @@
+"""Issue 3, generic driver: provision an existing bare Debian guest whose coordinates come from another stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from components import remote
+from tests.e2e.conftest import ROOT, have_tools, new_stack, qemu_processes_for, remove_stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not have_tools(), reason="needs qemu, docker and curl (make setup)")]
+
+BARE_VM_PROJECT = os.path.join(ROOT, "tests", "e2e", "bare_vm")
+
+
+@pytest.fixture(scope="module")
+def bare_vm(e2e_env):
+    """A guest without Docker, booted by the project's QEMU dynamic resource in its own stack."""
+    stack = new_stack(e2e_env, "bare", None, project_dir=BARE_VM_PROJECT)
+    try:
+        stack.pulumi("up", "--yes", "--skip-preview", timeout=1800)
+        outputs = stack.outputs()
+        yield stack, outputs
+        stack.pulumi("destroy", "--yes", timeout=600)
+        assert qemu_processes_for(outputs["instanceDir"]) == []
+        assert not os.path.exists(outputs["instanceDir"])
+    finally:
+        stack.pulumi("destroy", "--yes", check=False, timeout=600)
+        remove_stack(stack)
+
+
+def guest(outputs: dict, command: str) -> str:
+    connection = {"host": outputs["address"], "port": outputs["sshPort"], "user": outputs["sshUser"],
+                  "private_key": outputs["sshPrivateKey"], "dial_error_limit": 30}
+    return remote.run(connection, command)[0]
+
+
+def generic_config(name: str, vm_stack: str, labels: list[str]) -> list[dict]:
+    return [{
+        "name": name,
+        "driver": "generic",
+        "options": {"from_stack": {"stack": f"organization/bare-vm/{vm_stack}", "engine_port": "enginePort"}},
+        "engine": {"install": "packages", "labels": labels},
+    }]  # fmt: skip
+
+
+def rewrite_config(stack, machines: list[dict]) -> None:
+    with open(stack.config_file) as f:
+        kept = [line for line in f.read().splitlines() if line.startswith(("encryptionsalt", "secretsprovider"))]
+    with open(stack.config_file, "w") as f:
+        json.dump({"config": {"docker-machine:machines": machines}}, f)
+        f.write("\n" + "\n".join(kept) + "\n")
+
+
+def docker(stack, name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = dict(stack.env, DOCKER_BUILDKIT="0")
+    for line in stack.machine("env", name, "--stack", stack.name).stdout.splitlines():
+        if line.startswith("export "):
+            key, value = line[len("export ") :].split("=", 1)
+            env[key] = value.strip('"')
+    return subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_generic_driver_provisions_an_existing_host(bare_vm, e2e_env, tmp_path):
+    vm_stack, vm = bare_vm
+    assert guest(vm, "command -v docker || echo none") == "none"  # really bare
+    name = f"generic-{os.getpid()}"
+    stack = new_stack(e2e_env, "generic", generic_config(name, vm_stack.name, ["stage=one"]))
+    try:
+        stack.pulumi("up", "--yes", "--skip-preview", timeout=2400)
+        assert guest(vm, "dpkg-query -W -f '${Status}' docker.io apparmor") == "install ok installed" * 2
+
+        # The docker client runs a FROM-scratch container over TLS.
+        shutil.copy("/bin/busybox", tmp_path / "busybox")
+        (tmp_path / "Dockerfile").write_text(
+            'FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT ["/bin/busybox"]\nCMD ["echo", "generic over TLS"]\n'
+        )
+        assert docker(stack, name, "build", "-q", "-t", "e2e/busybox", str(tmp_path)).returncode == 0
+        run = docker(stack, name, "run", "--rm", "e2e/busybox")
+        assert (run.returncode, run.stdout.strip()) == (0, "generic over TLS"), run.stderr
+
+        # A second up changes nothing.
+        stack.pulumi("up", "--yes", "--skip-preview", timeout=600)
+        history = json.loads(stack.pulumi("stack", "history", "--json").stdout)
+        assert set(history[0]["resourceChanges"]) == {"same"}, history[0]["resourceChanges"]
+
+        # A new engine label re-writes the daemon configuration and restarts Docker once.
+        invocation = guest(vm, "systemctl show -p InvocationID --value docker")
+        rewrite_config(stack, generic_config(name, vm_stack.name, ["stage=two"]))
+        stack.pulumi("up", "--yes", "--skip-preview", timeout=900)
+        changes = json.loads(stack.pulumi("stack", "history", "--json").stdout)[0]["resourceChanges"]
+        assert changes.get("update") == 2 and set(changes) == {"same", "update"}, changes  # daemon-config + check
+        assert guest(vm, "systemctl show -p InvocationID --value docker") != invocation
+        labels = docker(stack, name, "info", "--format", "{{json .Labels}}").stdout
+        assert json.loads(labels) == ["stage=two", "provider=generic"]
+
+        # destroy removes what we added and leaves Docker running without its TCP listener.
+        destroyed = stack.pulumi("destroy", "--yes", timeout=900)
+        assert "Docker is still installed" in destroyed.stdout + destroyed.stderr
+        assert guest(vm, "systemctl is-active docker") == "active"
+        assert guest(vm, "ss -Htln 'sport = :2376' | wc -l") == "0"
+        for path in ("/etc/systemd/system/docker.service.d/10-machine.conf", "/etc/docker/server-key.pem"):
+            assert guest(vm, f"test -e {path} && echo left || echo gone") == "gone", path
+    finally:
+        stack.pulumi("destroy", "--yes", check=False, timeout=900)
+        remove_stack(stack)
+        shutil.rmtree(os.path.expanduser(f"~/.docker/machine/machines/{name}"), ignore_errors=True)
