@@ -3,7 +3,7 @@ SHELL := /bin/bash
 STACK ?= local
 PULUMI := scripts/pulumi
 
-.PHONY: setup image up down preview test unit e2e bench lint
+.PHONY: setup image images up down preview test unit e2e bench lint
 
 setup:
 	@scripts/setup
@@ -11,6 +11,10 @@ setup:
 # The base image for the local driver (debootstrap, cached outside the repo; needs root).
 image: setup
 	@scripts/build-image debian-12-docker >/dev/null
+
+# The tests also boot the bare image (the generic driver installs Docker on it).
+images: image
+	@scripts/build-image debian-12 >/dev/null
 
 up: image
 	@$(PULUMI) stack select --create $(STACK) >/dev/null
@@ -28,10 +32,10 @@ down: setup
 unit: setup
 	@.venv/bin/python -m pytest tests/unit -q
 
-e2e: image
+e2e: images
 	@.venv/bin/python -m pytest tests/e2e -q -m e2e
 
-test: image
+test: images
 	@.venv/bin/python -m pytest tests -q
 
 bench: image
