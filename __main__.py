@@ -5,7 +5,7 @@ import os
 
 import pulumi
 
-from components import config
+from components import config, drivers
 from components.drivers.qemu import state_root
 from components.machine import DockerMachine, DockerMachineArgs
 from components.tls import CertificateAuthority
@@ -13,6 +13,11 @@ from components.tls import CertificateAuthority
 try:
     settings = pulumi.Config()
     stack_config = config.parse(settings.require_object("machines"), settings.get("ca_rotation") or "")
+    # Host prerequisites of the drivers in use (VirtualBox and its Python API...), before any resource exists.
+    for driver_name in sorted({m.driver for m in stack_config.machines}):
+        check_host = getattr(drivers.load(driver_name), "check_host", None)
+        if check_host is not None:
+            check_host([m for m in stack_config.machines if m.driver == driver_name])
 except config.ConfigError as err:
     # One clear message, before any resource is registered; RunError prints no traceback.
     raise pulumi.RunError(str(err)) from None

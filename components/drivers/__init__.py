@@ -3,7 +3,10 @@
 A driver is one module in this package exposing:
 
 * ``Options`` — a pydantic model of its stack-config ``options``;
-* ``create_host(name, machine, ssh_key, opts) -> Host``.
+* ``create_host(name, machine, ssh_key, state_dir, opts) -> Host``;
+* optionally ``SUPPORTS_POWER = True`` (the desired ``state`` can stop the machine);
+* optionally ``check_host(machines)``: host prerequisites, called once per driver in use by
+  ``__main__.py`` before any resource exists; raises ``ConfigError`` with one message.
 
 Modules are imported only for the drivers a stack uses, so a local stack never
 imports a cloud SDK.
