@@ -11,11 +11,9 @@ DMP_CONFIG_DIR="${XDG_CONFIG_HOME:-$HOME/.config}/docker-machine-pulumi"
 export PULUMI_SKIP_UPDATE_CHECK=true
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
 export PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK=true
-# A dead SSH agent socket breaks pulumi-command's dialing even when a key is given.
-if [ -n "${SSH_AUTH_SOCK:-}" ] && [ ! -S "$SSH_AUTH_SOCK" ]; then unset SSH_AUTH_SOCK; fi
 
 if [ -z "${DMP_TOOLCHAIN_BIN:-}" ]; then
-  DMP_TOOLCHAIN_BIN="$(VENV="$DMP_ROOT/.venv" "$DMP_ROOT/scripts/toolchain")"
+  DMP_TOOLCHAIN_BIN="$("$DMP_ROOT/scripts/toolchain")"
   export DMP_TOOLCHAIN_BIN
 fi
 case ":$PATH:" in *":$DMP_TOOLCHAIN_BIN:"*) ;; *) export PATH="$DMP_TOOLCHAIN_BIN:$PATH" ;; esac
