@@ -130,7 +130,8 @@ class DockerMachine(pulumi.ComponentResource):
         self.ssh_host = pulumi.Output.from_input(host.ssh_host)
         self.ssh_port = pulumi.Output.from_input(host.ssh_port).apply(int)
         self.ssh_user = pulumi.Output.from_input(host.ssh_user)
-        self.ssh_private_key = ssh_key.private_key
+        # The key that really logs in: a driver may use the user's own key (ssh_key / ssh_key_path).
+        self.ssh_private_key = pulumi.Output.secret(host.ssh_private_key)
         self.server_cert_serial = server_cert.serial
         self.docker_version = verified.server_version
         self.register_outputs(

@@ -78,27 +78,71 @@ def _open_ports(value: Any, protocols: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(ports))
 
 
-def load_private_key(path: str) -> tuple[str, str]:
-    """Read an unencrypted SSH private key (OpenSSH or PEM): (its text, its public key as an OpenSSH line)."""
-    full = os.path.abspath(os.path.expanduser(path))
-    try:
-        with open(full, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise ValueError(f"cannot read {full}: {err.strerror}") from None
+def public_key_of(data: bytes, where: str) -> str:
+    """Check an unencrypted SSH private key (OpenSSH or PEM); return its public key as an OpenSSH line."""
     try:
         if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
             key = serialization.load_ssh_private_key(data, password=None)
         else:
             key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise ValueError(f"{full} is protected by a passphrase, which unattended SSH cannot use") from None
+        raise ValueError(f"{where} is protected by a passphrase, which unattended SSH cannot use") from None
     except (ValueError, UnsupportedAlgorithm):
-        raise ValueError(f"{full} is not an OpenSSH or PEM private key") from None
+        raise ValueError(f"{where} is not an OpenSSH or PEM private key") from None
     if not isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
-        raise ValueError(f"{full} is not an RSA, ECDSA or Ed25519 key")
+        raise ValueError(f"{where} is not an RSA, ECDSA or Ed25519 key")
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return data.decode(), public.decode()
+    return public.decode()
+
+
+def read_private_key(path: str) -> tuple[str, str]:
+    """(the key's text, its public key line) from a private key file."""
+    full = os.path.abspath(os.path.expanduser(path))
+    try:
+        with open(full, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ValueError(f"cannot read {full}: {err.strerror}") from None
+    return data.decode(), public_key_of(data, full)
+
+
+def own_private_key(ssh_key: str | None, ssh_key_path: str | None) -> tuple[str, str] | None:
+    """The user's own key, given as a (secret) config value or a file: (private key text, public key line)."""
+    if ssh_key_path:
+        return read_private_key(ssh_key_path)
+    if ssh_key:
+        return ssh_key, public_key_of(ssh_key.encode(), "ssh_key")
+    return None
+
+
+class OwnKey(StrictModel):
+    """``ssh_key`` (the private key itself, set as a secret) or ``ssh_key_path``: the user's key instead of the
+    one the stack generates (docker-machine's ``--*-ssh-keypath``)."""
+
+    MULTILINE = frozenset({"ssh_key"})
+
+    ssh_key: str | None = Field(None, description="private key (OpenSSH/PEM, no passphrase); set it as a secret")
+    ssh_key_path: str | None = Field(None, description="a private key file (OpenSSH/PEM, no passphrase)")
+
+    @field_validator("ssh_key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is not None:
+            public_key_of(v.encode(), "ssh_key")
+        return v
+
+    @field_validator("ssh_key_path")
+    @classmethod
+    def _key_path(cls, v: str | None) -> str | None:
+        if v is not None:
+            read_private_key(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_key(self) -> OwnKey:
+        if self.ssh_key and self.ssh_key_path:
+            raise ValueError("give one of ssh_key (a secret) or ssh_key_path, not both")
+        return self
 
 
 def md5_fingerprint(public_key: str) -> str:
@@ -172,7 +216,7 @@ def _tags(value: Any) -> dict[str, str]:
     return tags
 
 
-class Options(StrictModel):
+class Options(OwnKey):
     region: str | None = Field(
         None, description="default: aws:region, else AWS_REGION / AWS_DEFAULT_REGION, else us-east-1"
     )
@@ -192,9 +236,8 @@ class Options(StrictModel):
     open_ports: list[str] = Field([], description="PORT or PORT/tcp|udp, opened in the created group")
     allowed_cidrs: AllowedCidrs = AllowedCidrs()
     key_pair_name: str | None = Field(
-        None, min_length=1, max_length=255, description="an existing EC2 key pair (needs ssh_private_key_path)"
+        None, min_length=1, max_length=255, description="an existing EC2 key pair (needs ssh_key or ssh_key_path)"
     )
-    ssh_private_key_path: str | None = Field(None, description="the private key of key_pair_name, or to import")
     ssh_user: str = Field("ubuntu", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     ssh_port: int = Field(22, ge=1, le=65535)
     tags: dict[str, str] = {}
@@ -241,13 +284,6 @@ class Options(StrictModel):
             raise ValueError(f"{v!r} is not a price in USD per hour (e.g. 0.05)")
         return text
 
-    @field_validator("ssh_private_key_path")
-    @classmethod
-    def _key(cls, v: str | None) -> str | None:
-        if v is not None:
-            load_private_key(v)
-        return v
-
     @field_validator("user_data_file")
     @classmethod
     def _user_data(cls, v: str | None) -> str | None:
@@ -257,8 +293,8 @@ class Options(StrictModel):
     def _combinations(self) -> Options:
         if self.spot_price is not None and not self.spot:
             raise ValueError("spot_price needs spot: true")
-        if self.key_pair_name and not self.ssh_private_key_path:
-            raise ValueError("key_pair_name needs ssh_private_key_path: the private key of that key pair")
+        if self.key_pair_name and not (self.ssh_key or self.ssh_key_path):
+            raise ValueError("key_pair_name needs its private key: ssh_key (a secret) or ssh_key_path")
         if not self.create_security_group and not self.security_group_ids:
             raise ValueError("create_security_group: false needs security_group_ids")
         if self.open_ports and not self.create_security_group:
@@ -308,22 +344,37 @@ EGRESS_ALL = {
 }
 
 
-def _first_subnet(ids: list[str] | None, vpc_id: str, zone: str) -> str:
-    if not ids:
-        raise ValueError(f"aws: VPC {vpc_id} has no subnet in {zone}; set subnet_id or another zone")
-    return sorted(ids)[0]
+def _fail(message: str) -> None:
+    # RunError: one line for the user, no traceback; raised before the instance is registered.
+    raise pulumi.RunError(f"aws: {message}")
 
 
-def _same_vpc(actual: str, wanted: str, subnet_id: str) -> str:
-    if actual != wanted:
-        raise ValueError(f"aws: subnet {subnet_id} belongs to {actual}, not to vpc_id {wanted}")
-    return actual
+def _placement(o: Options, region: str, zone: str) -> tuple[str, str]:
+    """(subnet ID, VPC ID) per docker-machine: the given subnet, else the zone's subnet of the given VPC, else the
+    default VPC and the zone's default subnet. Looked up synchronously so that a bad value fails early."""
+    if o.subnet_id:
+        vpc_id = aws.ec2.get_subnet(id=o.subnet_id, region=region).vpc_id
+        if o.vpc_id and vpc_id != o.vpc_id:
+            _fail(f"subnet {o.subnet_id} belongs to {vpc_id}, not to vpc_id {o.vpc_id}")
+        return o.subnet_id, vpc_id
+    if o.vpc_id:
+        ids = aws.ec2.get_subnets(
+            filters=[{"name": "vpc-id", "values": [o.vpc_id]}, {"name": "availability-zone", "values": [zone]}],
+            region=region,
+        ).ids
+        if not ids:
+            _fail(f"VPC {o.vpc_id} has no subnet in {zone}; set subnet_id or another zone")
+        return sorted(ids)[0], o.vpc_id
+    vpc_id = aws.ec2.get_vpc(default=True, region=region).id
+    subnet = aws.ec2.get_subnet(vpc_id=vpc_id, availability_zone=zone, default_for_az=True, region=region)
+    return subnet.id, vpc_id
 
 
-def _matching_key(found: Any, key_name: str, public_key: str, path: str) -> str:
+def _existing_key_pair(name: str, public_key: str, region: str) -> str:
+    found = aws.ec2.get_key_pair(key_name=name, include_public_key=True, region=region)
     published = (found.public_key or "").split()[:2]
     if published and published != public_key.split()[:2]:
-        raise ValueError(f"aws: key pair {key_name!r} does not hold the public key of {path}")
+        _fail(f"key pair {name!r} holds another public key than the configured private key's")
     return found.key_name
 
 
@@ -333,31 +384,14 @@ def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str,
     zone = f"{region}{o.zone}"
     tags = {**o.tags, "Name": machine.name}
 
-    # Where: the subnet (which fixes the zone) and its VPC, for the security group.
-    if o.subnet_id:
-        subnet_id: pulumi.Input[str] = o.subnet_id
-        vpc_id: pulumi.Input[str] = aws.ec2.get_subnet_output(id=o.subnet_id, region=region).vpc_id
-        if o.vpc_id:
-            vpc_id = vpc_id.apply(lambda actual: _same_vpc(actual, o.vpc_id, o.subnet_id))
-    elif o.vpc_id:
-        vpc_id = o.vpc_id
-        subnets = aws.ec2.get_subnets_output(
-            filters=[{"name": "vpc-id", "values": [o.vpc_id]}, {"name": "availability-zone", "values": [zone]}],
-            region=region,
-        )
-        subnet_id = subnets.ids.apply(lambda ids: _first_subnet(ids, o.vpc_id, zone))
-    else:
-        vpc_id = aws.ec2.get_vpc_output(default=True, region=region).id
-        subnet_id = aws.ec2.get_subnet_output(
-            vpc_id=vpc_id, availability_zone=zone, default_for_az=True, region=region
-        ).id
+    subnet_id, vpc_id = _placement(o, region, zone)
 
     # The image: Canonical's newest Ubuntu LTS at creation; later releases do not replace the instance.
     if o.ami:
         ami: pulumi.Input[str] = o.ami
     else:
         arch = o.architecture or architecture_of(o.instance_type)
-        ami = aws.ec2.get_ami_output(
+        ami = aws.ec2.get_ami(
             most_recent=True,
             owners=[CANONICAL_OWNER_ID],
             filters=[
@@ -369,16 +403,14 @@ def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str,
             region=region,
         ).id
 
-    # SSH: the stack's key imported as a key pair, a key file imported, or an existing key pair.
+    # SSH: the stack's key imported as a key pair, the user's key imported, or an existing key pair.
     private_key: pulumi.Input[str] = ssh_key.private_key
     public_key: pulumi.Input[str] = ssh_key.public_key
-    if o.ssh_private_key_path:
-        text, public = load_private_key(o.ssh_private_key_path)
-        private_key, public_key = pulumi.Output.secret(text), public
-    if o.key_pair_name:
-        key_name: pulumi.Input[str] = aws.ec2.get_key_pair_output(
-            key_name=o.key_pair_name, include_public_key=True, region=region
-        ).apply(lambda found: _matching_key(found, o.key_pair_name, public, o.ssh_private_key_path))
+    own = own_private_key(o.ssh_key, o.ssh_key_path)
+    if own:
+        private_key, public_key = pulumi.Output.secret(own[0]), own[1]
+    if own and o.key_pair_name:
+        key_name: pulumi.Input[str] = _existing_key_pair(o.key_pair_name, own[1], region)
     else:
         key_pair = aws.ec2.KeyPair(
             f"{name}-key",

@@ -79,27 +79,71 @@ def _open_ports(value: Any, protocols: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(ports))
 
 
-def load_private_key(path: str) -> tuple[str, str]:
-    """Read an unencrypted SSH private key (OpenSSH or PEM): (its text, its public key as an OpenSSH line)."""
-    full = os.path.abspath(os.path.expanduser(path))
-    try:
-        with open(full, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise ValueError(f"cannot read {full}: {err.strerror}") from None
+def public_key_of(data: bytes, where: str) -> str:
+    """Check an unencrypted SSH private key (OpenSSH or PEM); return its public key as an OpenSSH line."""
     try:
         if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
             key = serialization.load_ssh_private_key(data, password=None)
         else:
             key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise ValueError(f"{full} is protected by a passphrase, which unattended SSH cannot use") from None
+        raise ValueError(f"{where} is protected by a passphrase, which unattended SSH cannot use") from None
     except (ValueError, UnsupportedAlgorithm):
-        raise ValueError(f"{full} is not an OpenSSH or PEM private key") from None
+        raise ValueError(f"{where} is not an OpenSSH or PEM private key") from None
     if not isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
-        raise ValueError(f"{full} is not an RSA, ECDSA or Ed25519 key")
+        raise ValueError(f"{where} is not an RSA, ECDSA or Ed25519 key")
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return data.decode(), public.decode()
+    return public.decode()
+
+
+def read_private_key(path: str) -> tuple[str, str]:
+    """(the key's text, its public key line) from a private key file."""
+    full = os.path.abspath(os.path.expanduser(path))
+    try:
+        with open(full, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ValueError(f"cannot read {full}: {err.strerror}") from None
+    return data.decode(), public_key_of(data, full)
+
+
+def own_private_key(ssh_key: str | None, ssh_key_path: str | None) -> tuple[str, str] | None:
+    """The user's own key, given as a (secret) config value or a file: (private key text, public key line)."""
+    if ssh_key_path:
+        return read_private_key(ssh_key_path)
+    if ssh_key:
+        return ssh_key, public_key_of(ssh_key.encode(), "ssh_key")
+    return None
+
+
+class OwnKey(StrictModel):
+    """``ssh_key`` (the private key itself, set as a secret) or ``ssh_key_path``: the user's key instead of the
+    one the stack generates (docker-machine's ``--*-ssh-keypath``)."""
+
+    MULTILINE = frozenset({"ssh_key"})
+
+    ssh_key: str | None = Field(None, description="private key (OpenSSH/PEM, no passphrase); set it as a secret")
+    ssh_key_path: str | None = Field(None, description="a private key file (OpenSSH/PEM, no passphrase)")
+
+    @field_validator("ssh_key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is not None:
+            public_key_of(v.encode(), "ssh_key")
+        return v
+
+    @field_validator("ssh_key_path")
+    @classmethod
+    def _key_path(cls, v: str | None) -> str | None:
+        if v is not None:
+            read_private_key(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_key(self) -> OwnKey:
+        if self.ssh_key and self.ssh_key_path:
+            raise ValueError("give one of ssh_key (a secret) or ssh_key_path, not both")
+        return self
 
 
 def md5_fingerprint(public_key: str) -> str:
@@ -139,9 +183,9 @@ _PROTOCOLS = {"tcp": "Tcp", "udp": "Udp", "*": "*"}
 _RULE_PROTOCOL_NAMES = {"tcp": "tcp", "udp": "udp", "*": "any"}
 
 
-class Options(StrictModel):
+class Options(OwnKey):
     resource_group: str | None = Field(
-        None, pattern=r"^[-\w.()]{1,89}[-\w()]$", description="an existing group; default: one created per machine"
+        None, pattern=r"^[-\w.()]{0,89}[-\w()]$", description="an existing group; default: one created per machine"
     )
     location: str = Field("westus", description="docker-machine's default")
     size: str = Field("Standard_B2s", pattern=r"^Standard_[A-Za-z0-9_-]+$")
@@ -256,10 +300,9 @@ class Options(StrictModel):
         if self.private_ip_address and self.vnet is None:
             network = ipaddress.IPv4Network(self.subnet_prefix)
             address = ipaddress.IPv4Address(self.private_ip_address)
-            hosts = list(network.hosts())
-            # Azure reserves the network address, the first three host addresses and the broadcast address.
-            if address not in network or address in hosts[:3] or address in (network.network_address,
-                                                                            network.broadcast_address):
+            # Azure reserves the network address, the next three and the broadcast address.
+            offset = int(address) - int(network.network_address)
+            if address not in network or offset < 4 or address == network.broadcast_address:
                 raise ValueError(
                     f"private_ip_address {address} must be a usable address of subnet_prefix {network} "
                     "(Azure reserves the first four and the last)"
@@ -299,6 +342,11 @@ def security_rules(options: Options, engine_port: int) -> list[dict[str, Any]]:
 def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str, opts: pulumi.ResourceOptions) -> Host:
     o: Options = machine.options
     location, tags = o.location, o.tags or None
+    private_key: pulumi.Input[str] = ssh_key.private_key
+    public_key: pulumi.Input[str] = ssh_key.public_key
+    own = own_private_key(o.ssh_key, o.ssh_key_path)
+    if own:
+        private_key, public_key = pulumi.Output.secret(own[0]), own[1]
 
     if o.resource_group:
         group: pulumi.Input[str] = o.resource_group
@@ -307,7 +355,8 @@ def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str,
 
     if o.vnet:
         vnet_group, _, vnet_name = o.vnet.rpartition(":")
-        subnet_id: pulumi.Input[str] = azure.network.get_subnet_output(
+        # Looked up now, so that a missing network fails before anything is created.
+        subnet_id: pulumi.Input[str] = azure.network.get_subnet(
             resource_group_name=vnet_group or o.resource_group, virtual_network_name=vnet_name, subnet_name=o.subnet
         ).id
     else:
@@ -381,7 +430,7 @@ def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str,
             "disable_password_authentication": True,
             "provision_vm_agent": True,
             "ssh": {
-                "public_keys": [{"path": f"/home/{o.ssh_user}/.ssh/authorized_keys", "key_data": ssh_key.public_key}]
+                "public_keys": [{"path": f"/home/{o.ssh_user}/.ssh/authorized_keys", "key_data": public_key}]
             },
         },
     }
@@ -414,7 +463,7 @@ def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str,
         ssh_host=address,
         ssh_port=22,
         ssh_user=o.ssh_user,
-        ssh_private_key=ssh_key.private_key,
+        ssh_private_key=private_key,
         address=address,
         engine_port=machine.engine.port,
         ready=vm,

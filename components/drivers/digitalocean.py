@@ -77,27 +77,71 @@ def _open_ports(value: Any, protocols: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(ports))
 
 
-def load_private_key(path: str) -> tuple[str, str]:
-    """Read an unencrypted SSH private key (OpenSSH or PEM): (its text, its public key as an OpenSSH line)."""
-    full = os.path.abspath(os.path.expanduser(path))
-    try:
-        with open(full, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise ValueError(f"cannot read {full}: {err.strerror}") from None
+def public_key_of(data: bytes, where: str) -> str:
+    """Check an unencrypted SSH private key (OpenSSH or PEM); return its public key as an OpenSSH line."""
     try:
         if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
             key = serialization.load_ssh_private_key(data, password=None)
         else:
             key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise ValueError(f"{full} is protected by a passphrase, which unattended SSH cannot use") from None
+        raise ValueError(f"{where} is protected by a passphrase, which unattended SSH cannot use") from None
     except (ValueError, UnsupportedAlgorithm):
-        raise ValueError(f"{full} is not an OpenSSH or PEM private key") from None
+        raise ValueError(f"{where} is not an OpenSSH or PEM private key") from None
     if not isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
-        raise ValueError(f"{full} is not an RSA, ECDSA or Ed25519 key")
+        raise ValueError(f"{where} is not an RSA, ECDSA or Ed25519 key")
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return data.decode(), public.decode()
+    return public.decode()
+
+
+def read_private_key(path: str) -> tuple[str, str]:
+    """(the key's text, its public key line) from a private key file."""
+    full = os.path.abspath(os.path.expanduser(path))
+    try:
+        with open(full, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ValueError(f"cannot read {full}: {err.strerror}") from None
+    return data.decode(), public_key_of(data, full)
+
+
+def own_private_key(ssh_key: str | None, ssh_key_path: str | None) -> tuple[str, str] | None:
+    """The user's own key, given as a (secret) config value or a file: (private key text, public key line)."""
+    if ssh_key_path:
+        return read_private_key(ssh_key_path)
+    if ssh_key:
+        return ssh_key, public_key_of(ssh_key.encode(), "ssh_key")
+    return None
+
+
+class OwnKey(StrictModel):
+    """``ssh_key`` (the private key itself, set as a secret) or ``ssh_key_path``: the user's key instead of the
+    one the stack generates (docker-machine's ``--*-ssh-keypath``)."""
+
+    MULTILINE = frozenset({"ssh_key"})
+
+    ssh_key: str | None = Field(None, description="private key (OpenSSH/PEM, no passphrase); set it as a secret")
+    ssh_key_path: str | None = Field(None, description="a private key file (OpenSSH/PEM, no passphrase)")
+
+    @field_validator("ssh_key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is not None:
+            public_key_of(v.encode(), "ssh_key")
+        return v
+
+    @field_validator("ssh_key_path")
+    @classmethod
+    def _key_path(cls, v: str | None) -> str | None:
+        if v is not None:
+            read_private_key(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_key(self) -> OwnKey:
+        if self.ssh_key and self.ssh_key_path:
+            raise ValueError("give one of ssh_key (a secret) or ssh_key_path, not both")
+        return self
 
 
 def md5_fingerprint(public_key: str) -> str:
@@ -132,16 +176,15 @@ OUTBOUND_ALL = [
 ]
 
 
-class Options(StrictModel):
+class Options(OwnKey):
     region: str = Field("nyc3", pattern=r"^[a-z]{3}[0-9]$", description="a region slug (nyc3, fra1, sgp1…)")
     size: str = Field("s-1vcpu-1gb", pattern=r"^[a-z0-9][a-z0-9-]*$")
     image: str = Field("ubuntu-24-04-x64", pattern=r"^([a-z0-9][a-z0-9.-]*|[0-9]+)$", description="slug or ID")
     ssh_user: str = Field("root", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     ssh_port: int = Field(22, ge=1, le=65535)
     ssh_key_fingerprint: str | None = Field(
-        None, description="an SSH key already in the account (MD5 fingerprint); needs ssh_private_key_path"
+        None, description="an SSH key already in the account (MD5 fingerprint); needs ssh_key or ssh_key_path"
     )
-    ssh_private_key_path: str | None = Field(None, description="the private key of ssh_key_fingerprint, or to upload")
     ipv6: bool = False
     vpc_uuid: str | None = Field(None, description="default: the region's default VPC")
     use_private_address: bool = Field(False, description="keep the public IP but dial the private (VPC) address")
@@ -159,13 +202,6 @@ class Options(StrictModel):
         if v is not None and not re.fullmatch(r"([0-9a-f]{2}:){15}[0-9a-f]{2}", v.lower()):
             raise ValueError(f"{v!r} is not an MD5 key fingerprint (aa:bb:…, 16 pairs, as the control panel shows)")
         return None if v is None else v.lower()
-
-    @field_validator("ssh_private_key_path")
-    @classmethod
-    def _key(cls, v: str | None) -> str | None:
-        if v is not None:
-            load_private_key(v)
-        return v
 
     @field_validator("vpc_uuid")
     @classmethod
@@ -206,13 +242,13 @@ class Options(StrictModel):
     @model_validator(mode="after")
     def _combinations(self) -> Options:
         if self.ssh_key_fingerprint:
-            if not self.ssh_private_key_path:
-                raise ValueError("ssh_key_fingerprint needs ssh_private_key_path: the private key of that SSH key")
-            _, public = load_private_key(self.ssh_private_key_path)
-            if md5_fingerprint(public) != self.ssh_key_fingerprint:
+            own = own_private_key(self.ssh_key, self.ssh_key_path)
+            if own is None:
+                raise ValueError("ssh_key_fingerprint needs its private key: ssh_key (a secret) or ssh_key_path")
+            if md5_fingerprint(own[1]) != self.ssh_key_fingerprint:
                 raise ValueError(
-                    f"ssh_key_fingerprint {self.ssh_key_fingerprint} is not the key in {self.ssh_private_key_path} "
-                    f"(its fingerprint is {md5_fingerprint(public)})"
+                    f"ssh_key_fingerprint {self.ssh_key_fingerprint} is not the configured private key's "
+                    f"(its fingerprint is {md5_fingerprint(own[1])})"
                 )
         return self
 
@@ -234,9 +270,9 @@ def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str,
 
     private_key: pulumi.Input[str] = ssh_key.private_key
     public_key: pulumi.Input[str] = ssh_key.public_key
-    if o.ssh_private_key_path:
-        text, public_key = load_private_key(o.ssh_private_key_path)
-        private_key = pulumi.Output.secret(text)
+    own = own_private_key(o.ssh_key, o.ssh_key_path)
+    if own:
+        private_key, public_key = pulumi.Output.secret(own[0]), own[1]
     if o.ssh_key_fingerprint:
         fingerprint: pulumi.Input[str] = o.ssh_key_fingerprint
     else:
