@@ -10,161 +10,26 @@ configuration: the environment or ``pulumi config set --secret aws:…``, never 
 from __future__ import annotations
 
 import base64
-import hashlib
-import ipaddress
 import os
 import re
 from typing import Any, Literal
 
 import pulumi
 import pulumi_aws as aws
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import Field, field_validator, model_validator
 
-from components.config import MachineConfig, StrictModel
+from components.config import MachineConfig
 from components.drivers import Host
-
-# --- shared by the cloud drivers (kept identical in aws.py, azure.py and digitalocean.py) ----------------------
-
-ANYWHERE = "0.0.0.0/0"
-
-
-def _cidr(value: Any) -> str:
-    try:
-        return str(ipaddress.ip_network(str(value), strict=True))
-    except ValueError as err:
-        raise ValueError(f"{value!r} is not a valid CIDR ({err})") from None
-
-
-class AllowedCidrs(StrictModel):
-    """Sources allowed in, per group of ports. docker-machine opened everything to 0.0.0.0/0; the engine port
-    only speaks mutual TLS, so that stays the default. The machine running ``pulumi up`` must stay inside both
-    ``ssh`` (provisioning) and ``engine`` (the API check)."""
-
-    ssh: list[str] = Field([ANYWHERE], min_length=1)
-    engine: list[str] = Field([ANYWHERE], min_length=1)
-    open_ports: list[str] = Field([ANYWHERE], min_length=1)
-
-    @field_validator("ssh", "engine", "open_ports")
-    @classmethod
-    def _cidrs(cls, v: list[str]) -> list[str]:
-        return list(dict.fromkeys(_cidr(c) for c in v))
-
-
-def _split_cidrs(cidrs: list[str]) -> tuple[list[str], list[str]]:
-    v4 = [c for c in cidrs if ipaddress.ip_network(c).version == 4]
-    return v4, [c for c in cidrs if c not in v4]
-
-
-def _open_ports(value: Any, protocols: tuple[str, ...]) -> list[str]:
-    """docker-machine's ``--*-open-port`` values (``8080``, ``53/udp``) normalised to ``port/protocol``."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        value = [value]
-    ports = []
-    for item in value:
-        match = re.fullmatch(r"(\d{1,5})(?:/([a-z*]+))?", str(item).strip().lower())
-        if not match:
-            raise ValueError(f"open port {item!r} must look like PORT or PORT/PROTOCOL (e.g. 8080, 53/udp)")
-        port, protocol = int(match[1]), match[2] or "tcp"
-        if not 1 <= port <= 65535:
-            raise ValueError(f"open port {item!r}: port {port} is out of range 1-65535")
-        if protocol not in protocols:
-            raise ValueError(f"open port {item!r}: protocol must be one of {', '.join(protocols)}")
-        ports.append(f"{port}/{protocol}")
-    return list(dict.fromkeys(ports))
-
-
-def public_key_of(data: bytes, where: str) -> str:
-    """Check an unencrypted SSH private key (OpenSSH or PEM); return its public key as an OpenSSH line."""
-    try:
-        if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
-            key = serialization.load_ssh_private_key(data, password=None)
-        else:
-            key = serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        raise ValueError(f"{where} is protected by a passphrase, which unattended SSH cannot use") from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise ValueError(f"{where} is not an OpenSSH or PEM private key") from None
-    if not isinstance(key, (rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey, ec.EllipticCurvePrivateKey)):
-        raise ValueError(f"{where} is not an RSA, ECDSA or Ed25519 key")
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return public.decode()
-
-
-def read_private_key(path: str) -> tuple[str, str]:
-    """(the key's text, its public key line) from a private key file."""
-    full = os.path.abspath(os.path.expanduser(path))
-    try:
-        with open(full, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise ValueError(f"cannot read {full}: {err.strerror}") from None
-    return data.decode(), public_key_of(data, full)
-
-
-def own_private_key(ssh_key: str | None, ssh_key_path: str | None) -> tuple[str, str] | None:
-    """The user's own key, given as a (secret) config value or a file: (private key text, public key line)."""
-    if ssh_key_path:
-        return read_private_key(ssh_key_path)
-    if ssh_key:
-        return ssh_key, public_key_of(ssh_key.encode(), "ssh_key")
-    return None
-
-
-class OwnKey(StrictModel):
-    """``ssh_key`` (the private key itself, set as a secret) or ``ssh_key_path``: the user's key instead of the
-    one the stack generates (docker-machine's ``--*-ssh-keypath``)."""
-
-    MULTILINE = frozenset({"ssh_key"})
-
-    ssh_key: str | None = Field(None, description="private key (OpenSSH/PEM, no passphrase); set it as a secret")
-    ssh_key_path: str | None = Field(None, description="a private key file (OpenSSH/PEM, no passphrase)")
-
-    @field_validator("ssh_key")
-    @classmethod
-    def _key(cls, v: str | None) -> str | None:
-        if v is not None:
-            public_key_of(v.encode(), "ssh_key")
-        return v
-
-    @field_validator("ssh_key_path")
-    @classmethod
-    def _key_path(cls, v: str | None) -> str | None:
-        if v is not None:
-            read_private_key(v)
-        return v
-
-    @model_validator(mode="after")
-    def _one_key(self) -> OwnKey:
-        if self.ssh_key and self.ssh_key_path:
-            raise ValueError("give one of ssh_key (a secret) or ssh_key_path, not both")
-        return self
-
-
-def md5_fingerprint(public_key: str) -> str:
-    """The MD5 fingerprint of an OpenSSH public key line, colon-separated (what DigitalOcean shows)."""
-    digest = hashlib.md5(base64.b64decode(public_key.split()[1]), usedforsecurity=False).hexdigest()
-    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
-
-
-def _readable_file(path: str, limit: int, what: str) -> str:
-    full = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(full):
-        raise ValueError(f"{what} file {full} does not exist")
-    size = os.path.getsize(full)
-    if size > limit:
-        raise ValueError(f"{what} file {full} is {size} bytes; the limit is {limit}")
-    return path
-
-
-def _read_file(path: str) -> bytes:
-    with open(os.path.abspath(os.path.expanduser(path)), "rb") as f:
-        return f.read()
-
+from components.drivers._cloud import (
+    ANYWHERE,
+    AllowedCidrs,
+    OwnKey,
+    login_key,
+    parse_open_ports,
+    read_file,
+    readable_file,
+    split_cidrs,
+)
 
 # --- AWS ---------------------------------------------------------------------------------------------------------
 
@@ -267,7 +132,7 @@ class Options(OwnKey):
     @field_validator("open_ports", mode="before")
     @classmethod
     def _ports(cls, v: Any) -> list[str]:
-        return _open_ports(v, ("tcp", "udp"))
+        return parse_open_ports(v, ("tcp", "udp"))
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -287,7 +152,7 @@ class Options(OwnKey):
     @field_validator("user_data_file")
     @classmethod
     def _user_data(cls, v: str | None) -> str | None:
-        return None if v is None else _readable_file(v, USER_DATA_LIMIT, "user data")
+        return None if v is None else readable_file(v, USER_DATA_LIMIT, "user data")
 
     @model_validator(mode="after")
     def _combinations(self) -> Options:
@@ -313,7 +178,7 @@ def default_region() -> str:
 
 
 def _rule(port: int, protocol: str, cidrs: list[str], description: str) -> dict[str, Any]:
-    v4, v6 = _split_cidrs(cidrs)
+    v4, v6 = split_cidrs(cidrs)
     rule: dict[str, Any] = {"description": description, "protocol": protocol, "from_port": port, "to_port": port}
     if v4:
         rule["cidr_blocks"] = v4
@@ -404,13 +269,9 @@ def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str,
         ).id
 
     # SSH: the stack's key imported as a key pair, the user's key imported, or an existing key pair.
-    private_key: pulumi.Input[str] = ssh_key.private_key
-    public_key: pulumi.Input[str] = ssh_key.public_key
-    own = own_private_key(o.ssh_key, o.ssh_key_path)
-    if own:
-        private_key, public_key = pulumi.Output.secret(own[0]), own[1]
-    if own and o.key_pair_name:
-        key_name: pulumi.Input[str] = _existing_key_pair(o.key_pair_name, own[1], region)
+    private_key, public_key = login_key(o, ssh_key)
+    if o.key_pair_name:  # validated to come with the user's own key: public_key is its plain public key line
+        key_name: pulumi.Input[str] = _existing_key_pair(o.key_pair_name, public_key, region)
     else:
         key_pair = aws.ec2.KeyPair(
             f"{name}-key",
@@ -445,7 +306,7 @@ def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str,
 
     user_data = user_data_base64 = None
     if o.user_data_file:
-        raw = _read_file(o.user_data_file)
+        raw = read_file(o.user_data_file)
         try:
             user_data = raw.decode()
         except UnicodeDecodeError:  # e.g. gzip-compressed cloud-config

@@ -253,26 +253,36 @@ def bridge_down_if_unused(bridge: str, cidr: str) -> None:
     shutil.rmtree(state, ignore_errors=True)
 
 
-def lease_address(bridge: str, cidr: str, instance_dir: str, wanted: str | None) -> str:
-    """Reserve an address on the bridge (a file per address, created exclusively)."""
-    leases = os.path.join(_bridge_dir(bridge), "leases")
+def claim_lease(leases: str, candidates: list[str], owner: str) -> str | None:
+    """The first of ``candidates`` (addresses) that is free or already ``owner``'s, reserved for ``owner`` as a
+    file named after it in ``leases`` (created exclusively, so stacks never share one); None when all are taken.
+    Shared with the VirtualBox driver."""
     os.makedirs(leases, exist_ok=True)
-    hosts = [str(h) for h in ipaddress.IPv4Network(cidr).hosts()][1:]  # the first host address is the bridge
-    for candidate in [wanted] if wanted else hosts:
+    for candidate in candidates:
         path = os.path.join(leases, candidate)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             with open(path) as f:
-                if f.read().strip() == instance_dir:
+                if f.read().strip() == owner:
                     return candidate
-            if wanted:
-                raise RuntimeError(f"address {wanted} on {bridge} is already used by {path}") from None
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(instance_dir)
+            f.write(owner)
         return candidate
-    raise RuntimeError(f"no free address left in {cidr}")
+    return None
+
+
+def lease_address(bridge: str, cidr: str, instance_dir: str, wanted: str | None) -> str:
+    """Reserve an address on the bridge (a file per address, created exclusively)."""
+    leases = os.path.join(_bridge_dir(bridge), "leases")
+    hosts = [str(h) for h in ipaddress.IPv4Network(cidr).hosts()][1:]  # the first host address is the bridge
+    address = claim_lease(leases, [wanted] if wanted else hosts, instance_dir)
+    if address is None and wanted:
+        raise RuntimeError(f"address {wanted} on {bridge} is already used by {os.path.join(leases, wanted)}")
+    if address is None:
+        raise RuntimeError(f"no free address left in {cidr}")
+    return address
 
 
 def release_address(bridge: str, address: str) -> None:

@@ -36,7 +36,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from components import seed
 from components.config import ConfigError, MachineConfig, StrictModel
 from components.drivers import Host
-from components.drivers.qemu import cache_root, free_port, resolve_image, state_root
+from components.drivers.qemu import cache_root, claim_lease, free_port, resolve_image, state_root
 
 # scripts/machine start/stop/kill act through the machine's desired `state`.
 SUPPORTS_POWER = True
@@ -380,25 +380,15 @@ def lease_address(cidr: str, owner: str, wanted: str | None, reserved: set[ipadd
     """Reserve a host-only address for ``owner`` (one file per address, created exclusively, shared by stacks)."""
     host_ip, network = parse_hostonly_cidr(cidr)
     leases = _lease_dir(network)
-    os.makedirs(leases, exist_ok=True)
     if wanted and ipaddress.IPv4Address(wanted) in reserved:
         raise RuntimeError(f"hostonly_ip {wanted} is handed out by the DHCP server of the host-only network")
     candidates = [wanted] if wanted else [str(h) for h in network.hosts() if h != host_ip and h not in reserved]
-    for candidate in candidates:
-        path = os.path.join(leases, candidate)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            with open(path) as f:
-                if f.read().strip() == owner:
-                    return candidate
-            if wanted:
-                raise RuntimeError(f"host-only address {wanted} is already used by {path}") from None
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(owner)
-        return candidate
-    raise RuntimeError(f"no free address left in {network}")
+    address = claim_lease(leases, candidates, owner)
+    if address is None and wanted:
+        raise RuntimeError(f"host-only address {wanted} is already used by {os.path.join(leases, wanted)}")
+    if address is None:
+        raise RuntimeError(f"no free address left in {network}")
+    return address
 
 
 def release_address(cidr: str, address: str | None, owner: str) -> None:

@@ -10,12 +10,12 @@ import ipaddress
 
 import pulumi
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from components import config
 from components.config import ConfigError
+from tests.unit import drivers_common as common
 from tests.unit.conftest import Program, run_program
+from tests.unit.drivers_common import SECRET_SIG, STACK_PRIVATE, STACK_PUBLIC, connection, one, write_key
 
 KEY_PAIR_T = "aws:ec2/keyPair:KeyPair"
 SG_T = "aws:ec2/securityGroup:SecurityGroup"
@@ -25,24 +25,11 @@ GET_AMI, GET_VPC = "aws:ec2/getAmi:getAmi", "aws:ec2/getVpc:getVpc"
 GET_SUBNET, GET_SUBNETS = "aws:ec2/getSubnet:getSubnet", "aws:ec2/getSubnets:getSubnets"
 GET_KEY_PAIR = "aws:ec2/getKeyPair:getKeyPair"
 CANONICAL = "099720109477"  # Canonical's AWS account, owner of the official Ubuntu AMIs
-SECRET_SIG = "4dabf18193072939515e22adb298388d"
-# The SDK warns about its own deprecated resources when it is imported.
-pytestmark = pytest.mark.filterwarnings("ignore:.*has been deprecated in favor of:DeprecationWarning")
+AWS_REGION_VARS = ("AWS_REGION", "AWS_DEFAULT_REGION")
+pytestmark = common.SDK_DEPRECATIONS
 
 DEFAULT_VPC, ZONE_SUBNET, LATEST_UBUNTU = "vpc-0d0d0d0d0d0d0d0d0", "subnet-0a0a0a0a0a0a0a0a0", "ami-0fedcba9876543210"
 PUBLIC_IP, PRIVATE_IP = "203.0.113.10", "172.31.5.9"
-STACK_PUBLIC = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIStackKey"
-STACK_PRIVATE = "-----BEGIN OPENSSH PRIVATE KEY-----\nSTACK\n-----END OPENSSH PRIVATE KEY-----\n"
-
-
-def plain(value):
-    if isinstance(value, dict) and SECRET_SIG in value:
-        return plain(value["value"])
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 def subnet_lookup(args):
@@ -57,7 +44,7 @@ CALLS = {
     GET_AMI: {"id": LATEST_UBUNTU},
 }
 OVERRIDES = {
-    "dynamic/tls:SshKey": {"public_key": STACK_PUBLIC, "private_key": STACK_PRIVATE},
+    **common.STACK_KEY_OVERRIDE,
     KEY_PAIR_T: {"keyName": "web-key-1a2b3c4"},
     INSTANCE_T: {"publicIp": PUBLIC_IP, "privateIp": PRIVATE_IP},
 }
@@ -66,58 +53,34 @@ OVERRIDES = {
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("DMP_STATE", str(tmp_path / "state"))
-    for var in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+    for var in AWS_REGION_VARS:
         monkeypatch.delenv(var, raising=False)
 
 
 def run(options=None, engine=None, calls=None, **machine) -> Program:
-    spec = {"name": "web", "driver": "aws", "options": options or {}, **machine}
-    if engine:
-        spec["engine"] = engine
+    spec = common.machine_spec("aws", options, engine, **machine)
     return run_program([spec], calls={**CALLS, **(calls or {})}, overrides=OVERRIDES)
 
 
 def instance(program: Program):
-    (found,) = program.of_type(INSTANCE_T)
-    return found
+    return one(program, INSTANCE_T)
 
 
 def group(program: Program):
-    (found,) = program.of_type(SG_T)
-    return found
-
-
-def connection(program: Program) -> dict:
-    return plain(program.named("web-wait-for-ssh").inputs["connection"])
+    return one(program, SG_T)
 
 
 def error_of(options) -> str:
-    with pytest.raises(ConfigError) as info:
-        config.parse([{"name": "web", "driver": "aws", "options": options}])
-    return str(info.value)
+    return common.config_error("aws", options)
 
 
 def ingress(rules, port):
     return [r for r in rules if r["fromPort"] == port]
 
 
-def write_key(path, kind="ed25519", passphrase=None):
-    key = ed25519.Ed25519PrivateKey.generate() if kind == "ed25519" else rsa.generate_private_key(65537, 2048)
-    encryption = (
-        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-    )
-    fmt = serialization.PrivateFormat.OpenSSH if kind == "ed25519" else serialization.PrivateFormat.TraditionalOpenSSL
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, fmt, encryption))
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return path.read_text(), public.decode()
-
-
 @pytest.fixture(scope="module")
 def default(tmp_path_factory) -> Program:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DMP_STATE", str(tmp_path_factory.mktemp("state")))
-        for var in ("AWS_REGION", "AWS_DEFAULT_REGION"):
-            mp.delenv(var, raising=False)
+    with common.own_state(tmp_path_factory, unset=AWS_REGION_VARS):
         return run()
 
 
@@ -125,12 +88,8 @@ def default(tmp_path_factory) -> Program:
 
 
 def test_defaults_create_a_key_pair_a_security_group_and_an_instance(default):
-    cloud = sorted((r.typ, r.name) for r in default.resources if r.typ.startswith("aws:"))
+    cloud = common.cloud_resources(default, "aws")  # each one a child of the machine's component
     assert cloud == [(INSTANCE_T, "web-instance"), (KEY_PAIR_T, "web-key"), (SG_T, "web-sg")]
-    component = default.named("web")
-    for r in default.resources:
-        if r.typ.startswith("aws:"):
-            assert r.urn_parent == component.urn, r.name
 
 
 def test_default_ami_is_canonicals_newest_ubuntu_lts_for_the_region(default):
@@ -260,8 +219,7 @@ def custom(tmp_path_factory) -> Program:
         "allowed_cidrs": {"ssh": ["198.51.100.7", "2001:db8::/32"], "engine": ["203.0.113.0/24"]},
         "security_group_ids": ["sg-0123456789abcdef0"],
     }
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DMP_STATE", str(tmp_path_factory.mktemp("state")))
+    with common.own_state(tmp_path_factory):
         return run(options, engine={"port": 2377}, tls_san=["docker.example.test"])
 
 
@@ -280,8 +238,7 @@ def graviton(tmp_path_factory) -> Program:
         "security_group_ids": ["sg-0123456789abcdef0"],
         "create_security_group": False,
     }
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DMP_STATE", str(tmp_path_factory.mktemp("state")))
+    with common.own_state(tmp_path_factory):
         return run(options)
 
 
@@ -525,13 +482,11 @@ def test_existing_key_pair_must_hold_the_given_private_keys_public_half(tmp_path
     key = tmp_path / "id_ed25519"
     write_key(key)
     _, other = write_key(tmp_path / "other")
-    recorded = Program()
-    with pytest.raises(pulumi.RunError, match="key pair 'ops' holds another public key"):
-        run_program(
-            [{"name": "web", "driver": "aws", "options": {"key_pair_name": "ops", "ssh_key_path": str(key)}}],
-            program=recorded,
-            calls={**CALLS, GET_KEY_PAIR: {"keyName": "ops", "publicKey": other}},
-        )
+    recorded = common.failed_run(
+        common.machine_spec("aws", {"key_pair_name": "ops", "ssh_key_path": str(key)}),
+        "key pair 'ops' holds another public key",
+        calls={**CALLS, GET_KEY_PAIR: {"keyName": "ops", "publicKey": other}},
+    )
     assert not recorded.of_type(INSTANCE_T)
 
 
@@ -659,17 +614,5 @@ def test_cloud_machines_cannot_be_stopped_through_state():
 
 
 def test_example_stack_config_is_valid():
-    import os
-
-    import yaml
-
-    from tests.unit.conftest import ROOT
-
-    with open(os.path.join(ROOT, "stacks", "Pulumi.aws.yaml")) as stack_file:
-        stack = yaml.safe_load(stack_file)["config"]
-    (machine,) = config.parse(stack["docker-machine:machines"]).machines
-    assert machine.driver == "aws"
-    options = machine.options
+    options = common.example_options("aws")  # asserts the driver, and no credentials in plain text
     assert options.instance_type == "t3.small" and options.open_ports == ["80/tcp", "443/tcp"]
-    # credentials never sit in the stack file in plain text
-    assert not any("secret" in key.lower() or "token" in key.lower() for key in stack)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import base64
 
-import pulumi
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from components import config
-from components.config import ConfigError
+from tests.unit import drivers_common as common
 from tests.unit.conftest import Program, run_program
+from tests.unit.drivers_common import STACK_PRIVATE, STACK_PUBLIC, connection, one, write_key
 
 RG_T = "azure-native:resources:ResourceGroup"
 VNET_T = "azure-native:network:VirtualNetwork"
@@ -26,35 +24,21 @@ PIP_T = "azure-native:network:PublicIPAddress"
 NIC_T = "azure-native:network:NetworkInterface"
 VM_T = "azure-native:compute:VirtualMachine"
 GET_SUBNET = "azure-native:network:getSubnet"
-SECRET_SIG = "4dabf18193072939515e22adb298388d"
-# The SDK warns about its own deprecated resources when it is imported.
-pytestmark = pytest.mark.filterwarnings("ignore:.*has been deprecated in favor of:DeprecationWarning")
+pytestmark = common.SDK_DEPRECATIONS
 
 CREATED_RG = "web-rg0a1b2c3d"
 PUBLIC_IP, PRIVATE_IP = "203.0.113.20", "192.168.0.4"
 FQDN = "mydocker.westus.cloudapp.azure.com"
-STACK_PUBLIC = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIStackKey"
-STACK_PRIVATE = "-----BEGIN OPENSSH PRIVATE KEY-----\nSTACK\n-----END OPENSSH PRIVATE KEY-----\n"
 EXISTING_SUBNET = (
     "/subscriptions/0000/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/shared/subnets/docker"
 )
 
 OVERRIDES = {
-    "dynamic/tls:SshKey": {"public_key": STACK_PUBLIC, "private_key": STACK_PRIVATE},
+    **common.STACK_KEY_OVERRIDE,
     RG_T: {"name": CREATED_RG},
     PIP_T: {"ipAddress": PUBLIC_IP},
     NIC_T: {"ipConfigurations": [{"name": "ipconfig", "privateIPAddress": PRIVATE_IP}]},
 }
-
-
-def plain(value):
-    if isinstance(value, dict) and SECRET_SIG in value:
-        return plain(value["value"])
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 @pytest.fixture(autouse=True)
@@ -63,39 +47,24 @@ def isolated(tmp_path, monkeypatch):
 
 
 def run(options=None, engine=None, overrides=None, **machine) -> Program:
-    spec = {"name": "web", "driver": "azure", "options": options or {}, **machine}
-    if engine:
-        spec["engine"] = engine
     return run_program(
-        [spec],
+        [common.machine_spec("azure", options, engine, **machine)],
         calls={GET_SUBNET: lambda args: {"id": EXISTING_SUBNET, "name": args["subnetName"]}},
         overrides={**OVERRIDES, **(overrides or {})},
     )
-
-
-def one(program: Program, typ: str):
-    (found,) = program.of_type(typ)
-    return found
 
 
 def rules_of(program: Program) -> dict[str, dict]:
     return {r["name"]: r for r in one(program, NSG_T).inputs["securityRules"]}
 
 
-def connection(program: Program) -> dict:
-    return plain(program.named("web-wait-for-ssh").inputs["connection"])
-
-
 def error_of(options) -> str:
-    with pytest.raises(ConfigError) as info:
-        config.parse([{"name": "web", "driver": "azure", "options": options}])
-    return str(info.value)
+    return common.config_error("azure", options)
 
 
 @pytest.fixture(scope="module")
 def default(tmp_path_factory) -> Program:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DMP_STATE", str(tmp_path_factory.mktemp("state")))
+    with common.own_state(tmp_path_factory):
         return run()
 
 
@@ -103,7 +72,7 @@ def default(tmp_path_factory) -> Program:
 
 
 def test_defaults_create_docker_machines_set_of_resources(default):
-    cloud = sorted((r.typ, r.name) for r in default.resources if r.typ.startswith("azure-native:"))
+    cloud = common.cloud_resources(default, "azure-native")  # each one a child of the machine's component
     assert cloud == sorted(
         [
             (RG_T, "web-rg"),
@@ -114,10 +83,6 @@ def test_defaults_create_docker_machines_set_of_resources(default):
             (VM_T, "web-vm"),
         ]
     )
-    component = default.named("web")
-    for r in default.resources:
-        if r.typ.startswith("azure-native:"):
-            assert r.urn_parent == component.urn, r.name
 
 
 def test_everything_lands_in_the_created_group_and_location(default):
@@ -203,8 +168,7 @@ def test_ssh_as_docker_user_to_the_public_ip(default):
 
 
 def scenario(tmp_path_factory, options, overrides=None) -> Program:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DMP_STATE", str(tmp_path_factory.mktemp("state")))
+    with common.own_state(tmp_path_factory):
         return run(options, overrides=overrides)
 
 
@@ -217,10 +181,7 @@ def custom(tmp_path_factory) -> Program:
     data = tmp_path_factory.mktemp("data")
     custom_data = data / "cloud-config.yaml"
     custom_data.write_bytes(CUSTOM_DATA)
-    key = ed25519.Ed25519PrivateKey.generate()
-    (data / "id_ed25519").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
-    )
+    write_key(data / "id_ed25519")
     options = {
         "ssh_key_path": str(data / "id_ed25519"),
         "location": "West Europe",
@@ -238,8 +199,7 @@ def custom(tmp_path_factory) -> Program:
         "custom_data_file": str(custom_data),
         "use_private_ip": True,
     }
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DMP_STATE", str(tmp_path_factory.mktemp("state")))
+    with common.own_state(tmp_path_factory):
         return run(options, engine={"port": 2377})
 
 
@@ -436,35 +396,21 @@ def test_credentials_are_not_driver_options(setting):
 
 
 def test_missing_existing_subnet_fails_before_the_vm():
-    recorded = Program()
-    with pytest.raises(Exception, match="subnet not found"):
-        run_program(
-            [{"name": "web", "driver": "azure", "options": {"vnet": "net:shared"}}],
-            program=recorded,
-            calls={GET_SUBNET: ({}, [("subnetName", "subnet not found")])},
-        )
+    recorded = common.failed_run(
+        common.machine_spec("azure", {"vnet": "net:shared"}),
+        "subnet not found",
+        Exception,
+        calls={GET_SUBNET: ({}, [("subnetName", "subnet not found")])},
+    )
     assert not recorded.of_type(VM_T)
 
 
 def test_invalid_program_config_registers_nothing():
-    recorded = Program()
-    with pytest.raises(pulumi.RunError, match=r"machines\[web\].options.ssh_user"):
-        run_program([{"name": "web", "driver": "azure", "options": {"ssh_user": "root"}}], program=recorded)
+    spec = common.machine_spec("azure", {"ssh_user": "root"})
+    recorded = common.failed_run(spec, r"machines\[web\].options.ssh_user")
     assert recorded.resources == []
 
 
 def test_example_stack_config_is_valid():
-    import os
-
-    import yaml
-
-    from tests.unit.conftest import ROOT
-
-    with open(os.path.join(ROOT, "stacks", "Pulumi.azure.yaml")) as stack_file:
-        stack = yaml.safe_load(stack_file)["config"]
-    (machine,) = config.parse(stack["docker-machine:machines"]).machines
-    assert machine.driver == "azure"
-    options = machine.options
+    options = common.example_options("azure")  # asserts the driver, and no credentials in plain text
     assert options.dns_label == "docker-azure-example" and options.ssh_user == "docker-user"
-    # credentials never sit in the stack file in plain text
-    assert not any("secret" in key.lower() or "token" in key.lower() for key in stack)

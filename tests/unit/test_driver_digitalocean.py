@@ -7,42 +7,25 @@ Beyond docker-machine (which created no firewall), a cloud firewall lets in only
 
 from __future__ import annotations
 
-import pulumi
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from components import config
-from components.config import ConfigError
+from tests.unit import drivers_common as common
 from tests.unit.conftest import Program, run_program
+from tests.unit.drivers_common import SECRET_SIG, STACK_PRIVATE, STACK_PUBLIC, connection, one, write_key
 
 KEY_T = "digitalocean:index/sshKey:SshKey"
 DROPLET_T = "digitalocean:index/droplet:Droplet"
 FIREWALL_T = "digitalocean:index/firewall:Firewall"
-SECRET_SIG = "4dabf18193072939515e22adb298388d"
-# The SDK warns about its own deprecated resources when it is imported.
-pytestmark = pytest.mark.filterwarnings("ignore:.*has been deprecated in favor of:DeprecationWarning")
+pytestmark = common.SDK_DEPRECATIONS
 
 PUBLIC_IP, PRIVATE_IP, DROPLET_ID = "203.0.113.30", "10.116.0.2", "412345678"
 UPLOADED_FINGERPRINT = "3b:16:bf:e4:8b:00:8b:b8:59:8c:a9:d3:f0:19:45:fa"
-STACK_PUBLIC = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIStackKey"
-STACK_PRIVATE = "-----BEGIN OPENSSH PRIVATE KEY-----\nSTACK\n-----END OPENSSH PRIVATE KEY-----\n"
 
 OVERRIDES = {
-    "dynamic/tls:SshKey": {"public_key": STACK_PUBLIC, "private_key": STACK_PRIVATE},
+    **common.STACK_KEY_OVERRIDE,
     KEY_T: {"fingerprint": UPLOADED_FINGERPRINT},
     DROPLET_T: {"ipv4Address": PUBLIC_IP, "ipv4AddressPrivate": PRIVATE_IP},
 }
-
-
-def plain(value):
-    if isinstance(value, dict) and SECRET_SIG in value:
-        return plain(value["value"])
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 @pytest.fixture(autouse=True)
@@ -51,19 +34,8 @@ def isolated(tmp_path, monkeypatch):
 
 
 def run(options=None, engine=None, **machine) -> Program:
-    spec = {"name": "web", "driver": "digitalocean", "options": options or {}, **machine}
-    if engine:
-        spec["engine"] = engine
+    spec = common.machine_spec("digitalocean", options, engine, **machine)
     return run_program([spec], overrides=OVERRIDES, ids={DROPLET_T: DROPLET_ID})
-
-
-def one(program: Program, typ: str):
-    (found,) = program.of_type(typ)
-    return found
-
-
-def connection(program: Program) -> dict:
-    return plain(program.named("web-wait-for-ssh").inputs["connection"])
 
 
 def inbound(program: Program) -> list[tuple[str, str, list[str]]]:
@@ -72,20 +44,7 @@ def inbound(program: Program) -> list[tuple[str, str, list[str]]]:
 
 
 def error_of(options) -> str:
-    with pytest.raises(ConfigError) as info:
-        config.parse([{"name": "web", "driver": "digitalocean", "options": options}])
-    return str(info.value)
-
-
-def write_key(path) -> tuple[str, str]:
-    key = ed25519.Ed25519PrivateKey.generate()
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        )
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return path.read_text(), public.decode()
+    return common.config_error("digitalocean", options)
 
 
 def md5_colons(public_key: str) -> str:
@@ -99,8 +58,7 @@ def md5_colons(public_key: str) -> str:
 
 @pytest.fixture(scope="module")
 def default(tmp_path_factory) -> Program:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DMP_STATE", str(tmp_path_factory.mktemp("state")))
+    with common.own_state(tmp_path_factory):
         return run()
 
 
@@ -108,12 +66,8 @@ def default(tmp_path_factory) -> Program:
 
 
 def test_defaults_upload_a_key_create_a_droplet_and_a_firewall(default):
-    cloud = sorted((r.typ, r.name) for r in default.resources if r.typ.startswith("digitalocean:"))
+    cloud = common.cloud_resources(default, "digitalocean")  # each one a child of the machine's component
     assert cloud == [(DROPLET_T, "web-droplet"), (FIREWALL_T, "web-firewall"), (KEY_T, "web-key")]
-    component = default.named("web")
-    for r in default.resources:
-        if r.typ.startswith("digitalocean:"):
-            assert r.urn_parent == component.urn, r.name
 
 
 def test_the_stacks_key_is_uploaded_under_the_machines_name(default):
@@ -291,24 +245,11 @@ def test_token_is_not_a_driver_option(setting):
 
 
 def test_bad_option_stops_the_program_before_any_resource():
-    recorded = Program()
-    with pytest.raises(pulumi.RunError, match=r"machines\[web\].options.region"):
-        run_program([{"name": "web", "driver": "digitalocean", "options": {"region": "NYC3"}}], program=recorded)
+    spec = common.machine_spec("digitalocean", {"region": "NYC3"})
+    recorded = common.failed_run(spec, r"machines\[web\].options.region")
     assert recorded.resources == []
 
 
 def test_example_stack_config_is_valid():
-    import os
-
-    import yaml
-
-    from tests.unit.conftest import ROOT
-
-    with open(os.path.join(ROOT, "stacks", "Pulumi.digitalocean.yaml")) as stack_file:
-        stack = yaml.safe_load(stack_file)["config"]
-    (machine,) = config.parse(stack["docker-machine:machines"]).machines
-    assert machine.driver == "digitalocean"
-    options = machine.options
+    options = common.example_options("digitalocean")  # asserts the driver, and no credentials in plain text
     assert options.region == "nyc3" and options.image == "ubuntu-24-04-x64"
-    # credentials never sit in the stack file in plain text
-    assert not any("secret" in key.lower() or "token" in key.lower() for key in stack)

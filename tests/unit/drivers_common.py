@@ -1,0 +1,115 @@
+"""Helpers shared by the cloud driver tests (test_driver_aws.py, test_driver_azure.py, test_driver_digitalocean.py).
+
+Every test there runs one machine named ``web`` under Pulumi mocks; the stack's own SSH key is mocked to the
+``STACK_*`` values below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from components import config
+from components.config import ConfigError
+from tests.unit.conftest import ROOT, Program, run_program
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker for a serialized secret
+# The SDKs warn about their own deprecated resources when they are imported.
+SDK_DEPRECATIONS = pytest.mark.filterwarnings("ignore:.*has been deprecated in favor of:DeprecationWarning")
+
+STACK_PUBLIC = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIStackKey"
+STACK_PRIVATE = "-----BEGIN OPENSSH PRIVATE KEY-----\nSTACK\n-----END OPENSSH PRIVATE KEY-----\n"
+# The mocked outputs of the stack's SSH key, for ``run_program(overrides=...)``.
+STACK_KEY_OVERRIDE = {"dynamic/tls:SshKey": {"public_key": STACK_PUBLIC, "private_key": STACK_PRIVATE}}
+
+
+def plain(value):
+    if isinstance(value, dict) and SECRET_SIG in value:
+        return plain(value["value"])
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def machine_spec(driver: str, options: dict | None = None, engine: dict | None = None, **machine: Any) -> dict:
+    """The stack config of the machine ``web``."""
+    spec = {"name": "web", "driver": driver, "options": options or {}, **machine}
+    if engine:
+        spec["engine"] = engine
+    return spec
+
+
+@contextlib.contextmanager
+def own_state(tmp_path_factory: pytest.TempPathFactory, unset: Iterable[str] = ()) -> Iterator[None]:
+    """For module-scoped fixtures (no ``monkeypatch``): a fresh DMP_STATE, and the ``unset`` variables removed."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DMP_STATE", str(tmp_path_factory.mktemp("state")))
+        for var in unset:
+            mp.delenv(var, raising=False)
+        yield
+
+
+def one(program: Program, typ: str):
+    (found,) = program.of_type(typ)
+    return found
+
+
+def cloud_resources(program: Program, provider: str) -> list[tuple[str, str]]:
+    """(type, name) of the provider's resources, sorted; asserts that each is a child of the machine's component."""
+    found = [r for r in program.resources if r.typ.startswith(f"{provider}:")]
+    component = program.named("web")
+    for r in found:
+        assert r.urn_parent == component.urn, r.name
+    return sorted((r.typ, r.name) for r in found)
+
+
+def connection(program: Program) -> dict:
+    return plain(program.named("web-wait-for-ssh").inputs["connection"])
+
+
+def config_error(driver: str, options: dict) -> str:
+    """The ConfigError the machine ``web`` with these options gets."""
+    with pytest.raises(ConfigError) as info:
+        config.parse([{"name": "web", "driver": driver, "options": options}])
+    return str(info.value)
+
+
+def write_key(path, kind: str = "ed25519", passphrase: bytes | None = None) -> tuple[str, str]:
+    """A new private key file (ed25519 as OpenSSH, rsa as PEM): (its text, its public key line)."""
+    key = ed25519.Ed25519PrivateKey.generate() if kind == "ed25519" else rsa.generate_private_key(65537, 2048)
+    encryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    fmt = serialization.PrivateFormat.OpenSSH if kind == "ed25519" else serialization.PrivateFormat.TraditionalOpenSSL
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, fmt, encryption))
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return path.read_text(), public.decode()
+
+
+def failed_run(spec: dict, match: str, error: type[Exception] = pulumi.RunError, **kwargs: Any) -> Program:
+    """What a program of the one machine ``spec`` registered before failing, as it must, with ``error``."""
+    recorded = Program()
+    with pytest.raises(error, match=match):
+        run_program([spec], program=recorded, **kwargs)
+    return recorded
+
+
+def example_options(driver: str) -> Any:
+    """The options of the one machine in ``stacks/Pulumi.<driver>.yaml``, after asserting that it uses ``driver``
+    and that no credentials sit in the stack file in plain text."""
+    with open(os.path.join(ROOT, "stacks", f"Pulumi.{driver}.yaml")) as stack_file:
+        stack = yaml.safe_load(stack_file)["config"]
+    (machine,) = config.parse(stack["docker-machine:machines"]).machines
+    assert machine.driver == driver
+    assert not any("secret" in key.lower() or "token" in key.lower() for key in stack)
+    return machine.options
