@@ -36,7 +36,7 @@ e2e: images
 	@.venv/bin/python -m pytest tests/e2e -q -m e2e
 
 test: images
-	@.venv/bin/python -m pytest tests -q
+	@.venv/bin/python -m pytest -q tests/unit tests/e2e
 
 bench: image
 	@scripts/benchmark
