@@ -147,6 +147,8 @@ class MachineConfig(StrictModel):
     )
     # Changing it issues a new server certificate (scripts/machine regenerate-certs).
     tls_rotation: str = ""
+    # `up` makes/updates a docker context named after the machine where docker is on PATH (opt out: false).
+    docker_context: bool = True
 
     @field_validator("driver")
     @classmethod

@@ -10,6 +10,7 @@ import pulumi
 from components import drivers, provisioning
 from components.config import MachineConfig
 from components.dockerapi import DockerApiCheck
+from components.dockercontext import DockerContext
 from components.remote import RemoteCommand
 from components.tls import CertificateAuthority, ServerCertificate, SshKey, server_sans
 
@@ -127,6 +128,16 @@ class DockerMachine(pulumi.ComponentResource):
                 "DOCKER_MACHINE_NAME": machine.name,
             }
         )
+        if machine.docker_context:
+            DockerContext(
+                f"{name}-docker-context",
+                machine_name=machine.name,
+                url=self.url,
+                ca_cert=args.authority.ca_cert,
+                client_cert=args.authority.client_cert,
+                client_key=args.authority.client_key,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[verified]),
+            )
         self.ssh_host = pulumi.Output.from_input(host.ssh_host)
         self.ssh_port = pulumi.Output.from_input(host.ssh_port).apply(int)
         self.ssh_user = pulumi.Output.from_input(host.ssh_user)

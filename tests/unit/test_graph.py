@@ -17,6 +17,7 @@ VM_T = "pulumi-python:dynamic/qemu:Vm"
 CERT_T = "pulumi-python:dynamic/tls:ServerCertificate"
 CMD_T = "pulumi-python:dynamic/remote:Command"
 CHECK_T = "pulumi-python:dynamic/docker:ApiCheck"
+CONTEXT_T = "pulumi-python:dynamic/docker:Context"
 COMPONENT_T = "dockermachine:index:DockerMachine"
 STAGES = ("wait-for-ssh", "install-docker", "tls", "daemon-config")
 
@@ -103,6 +104,7 @@ def test_one_machine_registers_exactly_these_resources(one):
             (CMD_T, "default-tls"),
             (CMD_T, "default-daemon-config"),
             (CHECK_T, "default-docker-check"),
+            (CONTEXT_T, "default-docker-context"),
         ]
     )
 
@@ -297,3 +299,11 @@ def test_outputs_for_two_machines():
     env = program.outputs["machines"]["b.example"]["env"]
     assert env["DOCKER_MACHINE_NAME"] == "b.example"
     assert env["DOCKER_CERT_PATH"].endswith(os.path.join("machines", "b.example"))
+
+
+def test_docker_context_follows_the_verified_daemon_and_can_be_turned_off(one):
+    context = one.named("default-docker-context")
+    assert one.named("default-docker-check").urn in context.dependencies
+    assert context.inputs["machine_name"] == "default"
+    without = run([{"name": "default", "docker_context": False}])
+    assert not without.of_type(CONTEXT_T)
