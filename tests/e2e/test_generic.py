@@ -34,8 +34,9 @@ def bare_vm(e2e_env):
 
 
 def guest(outputs: dict, command: str) -> str:
+    """Run a command on the bare VM; the first call waits for it to boot (minutes under TCG)."""
     connection = {"host": outputs["address"], "port": outputs["sshPort"], "user": outputs["sshUser"],
-                  "private_key": outputs["sshPrivateKey"], "dial_error_limit": 30}
+                  "private_key": outputs["sshPrivateKey"], "dial_error_limit": 150}
     return remote.run(connection, command)[0]
 
 
