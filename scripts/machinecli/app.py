@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from . import formats, probe, remote, stacks
-from .formats import FilterError, LsItem, ShellError
+from .formats import FilterError, LsItem
 from .gotext import TemplateError
 from .stacks import Machine, MachineError, Registry
 
@@ -80,7 +80,7 @@ def run(body: Callable[[], int | None]) -> None:
     """Run a command body: user errors become ``Error: …`` on stderr and exit status 1."""
     try:
         code = body()
-    except (MachineError, ShellError, FilterError, TemplateError) as err:
+    except (MachineError, FilterError, TemplateError) as err:
         raise fail(str(err)) from None
     except KeyboardInterrupt:
         sys.stderr.write("\n")
@@ -274,18 +274,22 @@ def env(
     def body() -> None:
         if swarm:
             raise MachineError("--swarm is not supported: machines have no legacy Swarm")
-        chosen = formats.detect_shell(shell)
         command = formats.command_line(argv0(), ARGV[1:])
+        values, ip = None, ""
         if unset:
             if name:
                 raise MachineError("Expected no machine name when the -u flag is present")
-            out(formats.env_output(chosen, command, None, no_proxy=no_proxy))
-            return
-        (machine,) = registry(stack).resolve([name] if name else None)
-        require_docker(machine, "Error checking TLS connection: ")
-        machine.write_client_certs()
-        values = {k: str(machine.env.get(k, "")) for k in formats.ENV_KEYS}
-        out(formats.env_output(chosen, command, values, no_proxy=no_proxy, ip=machine.ip))
+        else:
+            (machine,) = registry(stack).resolve([name] if name else None)
+            require_docker(machine, "Error checking TLS connection: ")
+            machine.write_client_certs()
+            values, ip = {k: str(machine.env.get(k, "")) for k in formats.ENV_KEYS}, machine.ip
+        chosen = formats.detect_shell(shell)
+        if chosen is None:
+            # docker-machine failed here; CI jobs and cron run without $SHELL and eval in sh, so print that form.
+            warn("$SHELL is not set; printing sh/bash syntax (another shell: --shell " + "|".join(formats.SHELLS) + ")")
+            chosen = "bash"
+        out(formats.env_output(chosen, command, values, no_proxy=no_proxy, ip=ip))
 
     run(body)
 

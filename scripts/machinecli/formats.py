@@ -32,18 +32,15 @@ _UNSET = {
 _UNSET_DEFAULT = ("unset ", "", "\n")
 
 
-class ShellError(ValueError):
-    pass
+def detect_shell(explicit: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """``--shell``, else the basename of ``$SHELL``; None when neither names one.
 
-
-def detect_shell(explicit: str | None, environ: dict[str, str] | None = None) -> str:
-    """``--shell``, else the basename of ``$SHELL``; unknown names get the bash form when rendered."""
+    Unknown names get the bash form when rendered.
+    """
     if explicit:
         return explicit
     shell = (os.environ if environ is None else environ).get("SHELL", "")
-    if not shell:
-        raise ShellError("Unknown shell: $SHELL is not set; give the shell with --shell (" + ", ".join(SHELLS) + ")")
-    return os.path.basename(shell)
+    return os.path.basename(shell) if shell else None
 
 
 def command_line(argv0: str, args: list[str]) -> str:

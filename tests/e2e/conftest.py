@@ -62,6 +62,7 @@ def e2e_env(tmp_path_factory) -> dict[str, str]:
     base = tmp_path_factory.mktemp("e2e")
     env = dict(os.environ)
     env.pop("PULUMI_CONFIG_PASSPHRASE", None)
+    env.pop("SHELL", None)  # CI runs without a login shell; so do the tests
     passphrase = base / "passphrase"
     passphrase.write_text(secrets.token_hex(16))
     passphrase.chmod(0o600)
