@@ -7,6 +7,10 @@
 // installed beside this binary) with the project's virtualenv python, passing the engine's run
 // request as arguments and the stack config as PULUMI_CONFIG. Plugins are provided by the toolchain,
 // so it reports no required plugins or packages.
+//
+// It differs from the official host in two ways (docs/toolchain.md): the program runs through
+// pulumi_python_host.py (installed beside this binary), and the host and the program exit when the
+// engine that started them is gone, so a SIGKILLed `pulumi up` leaves no process behind.
 package main
 
 import (
@@ -17,7 +21,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
+	"syscall"
+	"time"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/version"
@@ -33,8 +41,12 @@ type host struct {
 	pulumirpc.UnimplementedLanguageRuntimeServer
 	engineAddress string
 	execScript    string
+	pythonHost    string
 	virtualenv    string // from -virtualenv, or the program's runtime options
 	root          string
+
+	mu       sync.Mutex
+	programs map[*exec.Cmd]struct{} // running programs, killed when the engine goes away
 }
 
 func main() {
@@ -42,7 +54,13 @@ func main() {
 	if err != nil {
 		fatal(err)
 	}
-	h := &host{execScript: filepath.Join(filepath.Dir(self), "pulumi-language-python-exec")}
+	dir := filepath.Dir(self)
+	h := &host{
+		execScript: filepath.Join(dir, "pulumi-language-python-exec"),
+		pythonHost: filepath.Join(dir, "pulumi_python_host.py"),
+		programs:   map[*exec.Cmd]struct{}{},
+	}
+	go h.exitWithEngine(os.Getppid())
 	// The engine passes `-name=value` runtime options and flags, then the engine address. Options
 	// this host does not use (tracing, toolchain, typechecker, ...) are accepted and ignored.
 	for _, arg := range os.Args[1:] {
@@ -71,6 +89,39 @@ func main() {
 	if err := <-handle.Done; err != nil {
 		fatal(err)
 	}
+}
+
+// exitWithEngine ends the host (and its programs) once its parent, the engine, has exited: an
+// orphan is re-parented, so the parent pid changes.
+func (h *host) exitWithEngine(engine int) {
+	for os.Getppid() == engine {
+		time.Sleep(time.Second)
+	}
+	h.mu.Lock()
+	for cmd := range h.programs {
+		_ = cmd.Process.Kill()
+	}
+	os.Exit(1)
+}
+
+// runProgram runs cmd to completion. Pdeathsig also kills the program if this host is killed: it
+// fires when the forking OS thread exits, so the goroutine stays on that thread until Wait returns.
+func (h *host) runProgram(cmd *exec.Cmd) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.programs[cmd] = struct{}{}
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		delete(h.programs, cmd)
+		h.mu.Unlock()
+	}()
+	return cmd.Wait()
 }
 
 func fatal(err error) {
@@ -111,7 +162,7 @@ func (h *host) python(info *pulumirpc.ProgramInfo) (string, string) {
 
 func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.RunResponse, error) {
 	python, venv := h.python(req.GetInfo())
-	args := []string{"-u", h.execScript}
+	args := []string{"-u", h.pythonHost, "program", h.execScript}
 	add := func(name, value string) {
 		if value != "" {
 			args = append(args, "--"+name, value)
@@ -159,7 +210,7 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 	if venv != "" {
 		cmd.Env = append(cmd.Env, "VIRTUAL_ENV="+venv, "PATH="+filepath.Join(venv, "bin")+":"+os.Getenv("PATH"))
 	}
-	if err := cmd.Run(); err != nil {
+	if err := h.runProgram(cmd); err != nil {
 		var exitErr *exec.ExitError
 		if errors.As(err, &exitErr) {
 			if exitErr.ExitCode() == execShowedError {
