@@ -2,31 +2,37 @@
 SHELL := /bin/bash
 STACK ?= local
 PULUMI := scripts/pulumi
+# FORCE=1: clear a stack lock left by a pulumi run that no longer exists (a killed `make up`).
+UNLOCK = scripts/machine --stack $(STACK) unlock $(if $(FORCE),,--check)
 
 .PHONY: setup image images up down preview test unit e2e bench lint
 
 setup:
 	@scripts/setup
 
-# The base image for the local driver (debootstrap, cached outside the repo; needs root).
+# The base image of the local driver: Debian 13 with Docker (debootstrap, cached outside the repo; needs root).
 image: setup
-	@scripts/build-image debian-12-docker >/dev/null
+	@scripts/build-image debian-13-docker >/dev/null
 
 # The tests also boot the bare image (the generic driver installs Docker on it).
 images: image
-	@scripts/build-image debian-12 >/dev/null
+	@scripts/build-image debian-13 >/dev/null
 
 up: image
 	@$(PULUMI) stack select --create $(STACK) >/dev/null
+	@$(UNLOCK)
+	@scripts/toolchain plugins stacks/Pulumi.$(STACK).yaml
 	@$(PULUMI) up --yes --stack $(STACK) --non-interactive --suppress-outputs
 	@echo
 	@echo 'Docker is up and running! To point your docker client at it, run:'
 	@echo '  eval "$$(scripts/machine env default)"'
 
 preview: setup
+	@$(UNLOCK)
 	@$(PULUMI) preview --stack $(STACK) --diff
 
 down: setup
+	@$(UNLOCK)
 	@$(PULUMI) destroy --yes --stack $(STACK) --non-interactive
 
 unit: setup
@@ -38,7 +44,9 @@ e2e: images
 test: images
 	@.venv/bin/python -m pytest -q tests/unit tests/e2e
 
-bench: image
+# Also the Debian 12 image: the benchmark compares both.
+bench: images
+	@scripts/build-image debian-12-docker >/dev/null
 	@scripts/benchmark
 
 lint: setup

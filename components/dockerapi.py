@@ -1,4 +1,4 @@
-"""Talk to a Docker daemon's API over mutual TLS, the way the docker client does."""
+"""Talk to a Docker daemon's API over mutual TLS, the way the docker client does; the ``ApiCheck`` resource."""
 
 from __future__ import annotations
 
@@ -7,11 +7,20 @@ import json
 import os
 import ssl
 import tempfile
-import time
 from typing import Any
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
+
+from components import outputs, wait
+from components.errors import StepError
+
+# What a failed connection to the API can raise.
+API_ERRORS = (OSError, ssl.SSLError, http.client.HTTPException, ValueError)
+
+
+class ApiAnswer(RuntimeError):
+    """The daemon answered, but not with what was asked for."""
 
 
 def tls_context(ca_cert: str, client_cert: str, client_key: str) -> ssl.SSLContext:
@@ -35,57 +44,69 @@ def get(host: str, port: int, path: str, context: ssl.SSLContext, timeout: float
         conn.close()
 
 
+def version(host: str, port: int, context: ssl.SSLContext, timeout: float = 10) -> dict[str, Any]:
+    """docker-machine's probe: ``/_ping`` answers OK, then ``/version``. Raises API_ERRORS or ApiAnswer."""
+    status, body = get(host, port, "/_ping", context, timeout)
+    if status != 200 or body.strip() != b"OK":
+        raise ApiAnswer(f"HTTP {status} on /_ping: {body[:200].decode(errors='replace').strip()}")
+    status, body = get(host, port, "/version", context, timeout)
+    if status != 200:
+        raise ApiAnswer(f"HTTP {status} on /version: {body[:200].decode(errors='replace').strip()}")
+    return json.loads(body)
+
+
+class DockerTimeout(RuntimeError):
+    pass
+
+
 def wait_for_docker(host: str, port: int, context: ssl.SSLContext, timeout: float) -> dict[str, Any]:
-    """Poll /_ping until it answers OK, then return /version. Raises with the last error on timeout."""
-    deadline = time.monotonic() + timeout
-    last_error = "no attempt"
-    while True:
-        try:
-            status, body = get(host, port, "/_ping", context)
-            if status == 200 and body.strip() == b"OK":
-                status, body = get(host, port, "/version", context)
-                if status == 200:
-                    return json.loads(body)
-            last_error = f"HTTP {status}: {body[:200]!r}"
-        except (OSError, ssl.SSLError, http.client.HTTPException) as err:
-            last_error = str(err) or type(err).__name__
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Docker did not answer on https://{host}:{port} within {timeout:.0f}s: {last_error}")
-        time.sleep(1)
+    """``version`` until it answers; DockerTimeout naming the URL and the last error."""
+    try:
+        return wait.poll(
+            lambda: version(host, port, context), timeout=timeout, interval=1.0, retry_on=(*API_ERRORS, ApiAnswer)
+        )
+    except wait.WaitTimeout as err:
+        raise DockerTimeout(
+            f"Docker did not answer on https://{host}:{port} within {timeout:.0f}s: {err.last}"
+        ) from None
 
 
 class _CheckProvider(ResourceProvider):
+    INPUTS = ("host", "port", "ca_cert", "client_cert", "client_key", "configuration", "running", "boot")
+
     def _check(self, props: dict[str, Any], olds: dict[str, Any] | None = None) -> dict[str, Any]:
         if not props.get("running", True):
             # A stopped machine answers nothing; keep what was last verified.
             return {**(olds or {}), **props}
-        context = tls_context(props["ca_cert"], props["client_cert"], props["client_key"])
-        version = wait_for_docker(props["host"], int(props["port"]), context, float(props["timeout"]))
+        try:
+            context = tls_context(props["ca_cert"], props["client_cert"], props["client_key"])
+            answer = wait_for_docker(props["host"], int(props["port"]), context, float(props["timeout"]))
+        except (DockerTimeout, ssl.SSLError) as err:
+            raise StepError(props.get("machine") or props["host"], "docker-check", str(err)) from None
         return {
             **props,
-            "server_version": version.get("Version", ""),
-            "api_version": version.get("ApiVersion", ""),
-            "os": version.get("Os", ""),
-            "arch": version.get("Arch", ""),
+            "server_version": answer.get("Version", ""),
+            "api_version": answer.get("ApiVersion", ""),
+            "os": answer.get("Os", ""),
+            "arch": answer.get("Arch", ""),
         }
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        outs = self._check(props)
-        return CreateResult(f"{props['host']}:{props['port']}", outs)
+        return CreateResult(f"{props['host']}:{props['port']}", self._check(props))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        keys = ("host", "port", "ca_cert", "client_cert", "client_key", "configuration", "running")
-        return DiffResult(changes=any(olds.get(k) != news.get(k) for k in keys))
+        return DiffResult(changes=any(olds.get(k) != news.get(k) for k in self.INPUTS))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(self._check(news, olds))
 
 
-class DockerApiCheck(pulumi.dynamic.Resource, module="docker", name="ApiCheck"):
+class DockerApiCheck(pulumi.dynamic.Resource, module=outputs.API_CHECK.module, name=outputs.API_CHECK.name):
     """Proves the daemon answers /_ping and /version over mutual TLS with the client certificate.
 
-    ``configuration`` is a digest of what was provisioned: when it changes the check runs again, as it
-    does when the machine is started again (``running``); while stopped nothing is contacted.
+    ``configuration`` is a digest of what was provisioned and ``boot`` changes whenever the host booted again: when
+    either changes the check runs again, as it does when the machine is started again (``running``). A no-op ``up``
+    on a healthy machine contacts nothing; while stopped nothing is contacted either.
     """
 
     server_version: pulumi.Output[str]
@@ -94,23 +115,28 @@ class DockerApiCheck(pulumi.dynamic.Resource, module="docker", name="ApiCheck"):
     def __init__(
         self,
         name: str,
+        *,
+        machine: str,
         host: pulumi.Input[str],
         port: pulumi.Input[int],
         ca_cert: pulumi.Input[str],
         client_cert: pulumi.Input[str],
         client_key: pulumi.Input[str],
         configuration: pulumi.Input[str],
+        boot: pulumi.Input[str] = "",
         running: bool = True,
         timeout: float = 300,
         opts: pulumi.ResourceOptions | None = None,
     ):
         props = {
+            "machine": machine,
             "host": host,
             "port": port,
             "ca_cert": ca_cert,
             "client_cert": client_cert,
             "client_key": client_key,
             "configuration": configuration,
+            "boot": boot,
             "running": running,
             "timeout": timeout,
             "server_version": None,

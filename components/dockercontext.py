@@ -24,12 +24,11 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
+from components import outputs
+
 DESCRIPTION = "docker-machine-pulumi: machine {machine}"
 _CONTEXT_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.+-]+$")
 _RESERVED = frozenset({"default"})
-CERT_FILES = {"ca.pem": 0o644, "cert.pem": 0o644, "key.pem": 0o600}
-
-
 class DockerContextError(RuntimeError):
     pass
 
@@ -38,35 +37,6 @@ def context_name(machine_name: str) -> str:
     if machine_name in _RESERVED or not _CONTEXT_NAME_RE.match(machine_name):
         return f"{machine_name}-machine"
     return machine_name
-
-
-def cert_dir(machine_name: str) -> str:
-    """docker-machine's DOCKER_CERT_PATH for a machine."""
-    return os.path.join(os.path.expanduser("~"), ".docker", "machine", "machines", machine_name)
-
-
-def write_certs(directory: str, ca_cert: str, client_cert: str, client_key: str) -> None:
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    contents = {"ca.pem": ca_cert, "cert.pem": client_cert, "key.pem": client_key}
-    for filename, mode in CERT_FILES.items():
-        path = os.path.join(directory, filename)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
-            f.write(contents[filename])
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-
-
-def remove_certs(directory: str) -> None:
-    for filename in CERT_FILES:
-        try:
-            os.unlink(os.path.join(directory, filename))
-        except FileNotFoundError:
-            pass
-    try:
-        os.rmdir(directory)
-    except OSError:
-        pass
 
 
 def docker_path() -> str | None:
@@ -137,8 +107,8 @@ def apply(machine_name: str, url: str, ca_cert: str, client_cert: str, client_ke
     name = context_name(machine_name)
     if docker_path() is None:
         return {"context_name": name, "managed": False, "note": "docker is not on PATH: no docker context was made"}
-    directory = cert_dir(machine_name)
-    write_certs(directory, ca_cert, client_cert, client_key)
+    directory = outputs.cert_path(machine_name)
+    outputs.write_client_certs(directory, ca_cert, client_cert, client_key)
     action = upsert(name, machine_name, url, directory)
     return {"context_name": name, "managed": True, "note": f"docker context {name} {action}: docker --context {name}"}
 
@@ -165,10 +135,10 @@ class _ContextProvider(ResourceProvider):
         if not props.get("managed") or docker_path() is None:
             return
         remove(props.get("context_name") or context_name(props["machine_name"]))
-        remove_certs(cert_dir(props["machine_name"]))
+        outputs.remove_client_certs(outputs.cert_path(props["machine_name"]))
 
 
-class DockerContext(pulumi.dynamic.Resource, module="docker", name="Context"):
+class DockerContext(pulumi.dynamic.Resource, module=outputs.DOCKER_CONTEXT.module, name=outputs.DOCKER_CONTEXT.name):
     """``docker context <machine>`` on the host running ``up`` (nothing, with a ``note``, without docker)."""
 
     context_name: pulumi.Output[str]

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import pulumi
 
-from components import drivers, provisioning
-from components.config import MachineConfig
+from components import drivers, outputs, provisioning
 from components.dockerapi import DockerApiCheck
 from components.dockercontext import DockerContext
+from components.drivers.base import DriverContext, Host
+from components.model import MachineConfig
+from components.portforward import PortForwarder
 from components.remote import RemoteCommand
 from components.tls import CertificateAuthority, ServerCertificate, SshKey, server_sans
-
-TYPE_TOKEN = "dockermachine:index:DockerMachine"
 
 
 @dataclass(frozen=True)
@@ -25,34 +24,73 @@ class DockerMachineArgs:
     owner: str
     # Where driver state lives on this host (QEMU disks, sockets), unique per project/stack.
     state_dir: str
-
-
-def docker_cert_path(name: str) -> str:
-    """docker-machine's DOCKER_CERT_PATH for a machine."""
-    return os.path.join(os.path.expanduser("~"), ".docker", "machine", "machines", name)
+    # The project directory (drivers find scripts/build-image there).
+    project_dir: str
 
 
 class DockerMachine(pulumi.ComponentResource):
-    name: pulumi.Output[str]
-    driver: pulumi.Output[str]
-    ip: pulumi.Output[str]
-    port: pulumi.Output[int]
+    """One machine: the driver's host, then wait → install → TLS → daemon → API check → docker context."""
+
+    # machines.<name> of the stack outputs (components.outputs.MachineOutputs, camelCase).
+    outputs: pulumi.Output[dict]
     url: pulumi.Output[str]
-    env: pulumi.Output[dict]
-    ssh_host: pulumi.Output[str]
-    ssh_port: pulumi.Output[int]
-    ssh_user: pulumi.Output[str]
-    ssh_private_key: pulumi.Output[str]
     docker_version: pulumi.Output[str]
+    server_cert_serial: pulumi.Output[str]
+    # The key that really logs in (a driver may use the user's own key): a secret.
+    ssh_private_key: pulumi.Output[str]
 
     def __init__(self, name: str, args: DockerMachineArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__(TYPE_TOKEN, name, None, opts)
-        machine, engine = args.machine, args.machine.engine
+        super().__init__(outputs.COMPONENT, name, None, opts)
+        machine = args.machine
         child = pulumi.ResourceOptions(parent=self)
-
         ssh_key = SshKey(f"{name}-ssh-key", opts=child)
-        host = drivers.load(machine.driver).create_host(name, machine, ssh_key, args.state_dir, child)
+        driver = drivers.load(machine.driver)
+        host = driver.create_host(DriverContext(name, machine, ssh_key, args.state_dir, args.project_dir, child))
 
+        server_cert = ServerCertificate(
+            f"{name}-server-cert", args.authority, f"{args.owner}.{name}",
+            pulumi.Output.from_input(host.address).apply(lambda address: server_sans(address, machine.tls_san)),
+            machine.tls_rotation, opts=child,
+        )  # fmt: skip
+        daemon_script, daemon = self._provision(name, machine, host, args.authority, server_cert)
+        verified = DockerApiCheck(
+            f"{name}-docker-check",
+            machine=machine.name,
+            host=host.address,
+            port=host.engine_port,
+            ca_cert=args.authority.ca_cert,
+            client_cert=args.authority.client_cert,
+            client_key=args.authority.client_key,
+            configuration=daemon_script.apply(provisioning.digest),
+            boot=host.boot,
+            running=machine.state == "running",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[daemon]),
+        )
+        port = pulumi.Output.from_input(host.engine_port).apply(int)  # numbers may come back as floats
+        self.url = pulumi.Output.format("tcp://{0}:{1}", host.address, port)
+        self._after_docker(name, machine, host, args.authority, verified)
+
+        self.ssh_private_key = pulumi.Output.secret(host.ssh_private_key)
+        self.server_cert_serial = server_cert.serial
+        self.docker_version = verified.server_version
+        self.outputs = pulumi.Output.all(
+            ip=host.address, port=port, url=self.url, ssh_host=host.ssh_host, ssh_port=host.ssh_port,
+            ssh_user=host.ssh_user, docker_version=verified.server_version, serial=server_cert.serial,
+            details=host.details or {},
+        ).apply(lambda v: _machine_outputs(machine, v))  # fmt: skip
+        self.register_outputs(
+            {
+                "outputs": self.outputs,
+                "url": self.url,
+                "docker_version": self.docker_version,
+                "server_cert_serial": self.server_cert_serial,
+                "ssh_private_key": self.ssh_private_key,
+            }
+        )
+
+    def _provision(self, name: str, machine: MachineConfig, host: Host, authority: CertificateAuthority,
+                   server_cert: ServerCertificate) -> tuple[pulumi.Output[str], RemoteCommand]:  # fmt: skip
+        """The remote steps, each after the previous one: wait for SSH, install Docker, TLS files, daemon config."""
         connection = pulumi.Output.secret({
             "host": host.ssh_host,
             "port": host.ssh_port,
@@ -60,7 +98,7 @@ class DockerMachine(pulumi.ComponentResource):
             "private_key": host.ssh_private_key,
             "dial_error_limit": host.dial_error_limit,
             "per_dial_timeout": 10,
-        })
+        })  # fmt: skip
 
         def step(stage: str, script: pulumi.Input[str], after: pulumi.Resource | None, **kwargs) -> RemoteCommand:
             return RemoteCommand(
@@ -68,6 +106,8 @@ class DockerMachine(pulumi.ComponentResource):
                 connection=connection,
                 create=provisioning.AS_ROOT,
                 stdin=script,
+                machine=machine.name,
+                step=stage,
                 opts=pulumi.ResourceOptions(
                     parent=self,
                     depends_on=[after] if after else [],
@@ -77,79 +117,43 @@ class DockerMachine(pulumi.ComponentResource):
             )
 
         booted = step("wait-for-ssh", provisioning.WAIT_FOR_BOOT, host.ready)
-        installed = step("install-docker", provisioning.install_script(engine), booted)
-
-        sans = pulumi.Output.from_input(host.address).apply(lambda address: server_sans(address, machine.tls_san))
-        server_cert = ServerCertificate(
-            f"{name}-server-cert", args.authority, f"{args.owner}.{name}", sans, machine.tls_rotation, opts=child
-        )
-        tls_files = step(
-            "tls",
-            pulumi.Output.secret(
-                pulumi.Output.all(args.authority.ca_cert, server_cert.cert, server_cert.key).apply(
-                    lambda v: provisioning.tls_script(*v)
-                )
-            ),
-            installed,
-        )
+        installed = step("install-docker", provisioning.install_script(machine.engine), booted)
+        certs = pulumi.Output.all(authority.ca_cert, server_cert.cert, server_cert.key)
+        tls_files = step("tls", pulumi.Output.secret(certs.apply(lambda v: provisioning.tls_script(*v))), installed)
         daemon_script = server_cert.serial.apply(
-            lambda serial: provisioning.daemon_script(engine, machine.driver, serial)
+            lambda serial: provisioning.daemon_script(machine.engine, machine.driver, serial)
         )
-        daemon = step(
-            "daemon-config",
-            daemon_script,
-            tls_files,
-            delete=provisioning.as_root_inline(provisioning.UNDO_DAEMON) if host.undo_on_delete else None,
-        )
+        undo = provisioning.as_root_inline(provisioning.UNDO_DAEMON) if host.undo_on_delete else None
+        return daemon_script, step("daemon-config", daemon_script, tls_files, delete=undo)
 
-        verified = DockerApiCheck(
-            f"{name}-docker-check",
-            host=host.address,
-            port=host.engine_port,
-            ca_cert=args.authority.ca_cert,
-            client_cert=args.authority.client_cert,
-            client_key=args.authority.client_key,
-            configuration=daemon_script.apply(lambda s: provisioning.digest(s)),
-            running=machine.state == "running",
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[daemon]),
-        )
-
-        self.name = pulumi.Output.from_input(machine.name)
-        self.driver = pulumi.Output.from_input(machine.driver)
-        self.ip = pulumi.Output.from_input(host.address)
-        # Ports travel through the engine as numbers that may come back as floats.
-        self.port = pulumi.Output.from_input(host.engine_port).apply(int)
-        self.url = pulumi.Output.format("tcp://{0}:{1}", host.address, self.port)
-        self.env = self.url.apply(
-            lambda url: {
-                "DOCKER_TLS_VERIFY": "1",
-                "DOCKER_HOST": url,
-                "DOCKER_CERT_PATH": docker_cert_path(machine.name),
-                "DOCKER_MACHINE_NAME": machine.name,
-            }
-        )
+    def _after_docker(self, name: str, machine: MachineConfig, host: Host, authority: CertificateAuthority,
+                      verified: DockerApiCheck) -> None:  # fmt: skip
+        """What needs a daemon that answers: the docker context, and published ports forwarded to the host."""
+        after = pulumi.ResourceOptions(parent=self, depends_on=[verified])
         if machine.docker_context:
             DockerContext(
-                f"{name}-docker-context",
-                machine_name=machine.name,
-                url=self.url,
-                ca_cert=args.authority.ca_cert,
-                client_cert=args.authority.client_cert,
-                client_key=args.authority.client_key,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[verified]),
-            )
-        self.ssh_host = pulumi.Output.from_input(host.ssh_host)
-        self.ssh_port = pulumi.Output.from_input(host.ssh_port).apply(int)
-        self.ssh_user = pulumi.Output.from_input(host.ssh_user)
-        # The key that really logs in: a driver may use the user's own key (ssh_key / ssh_key_path).
-        self.ssh_private_key = pulumi.Output.secret(host.ssh_private_key)
-        self.server_cert_serial = server_cert.serial
-        self.docker_version = verified.server_version
-        self.register_outputs(
-            {
-                "url": self.url,
-                "ip": self.ip,
-                "docker_version": self.docker_version,
-                "server_cert_serial": self.server_cert_serial,
-            }
-        )
+                f"{name}-docker-context", machine_name=machine.name, url=self.url, ca_cert=authority.ca_cert,
+                client_cert=authority.client_cert, client_key=authority.client_key, opts=after,
+            )  # fmt: skip
+        if host.port_forwarding:
+            PortForwarder(
+                f"{name}-port-forwarder", machine=machine.name, instance_dir=host.port_forwarding.instance_dir,
+                docker_port=host.engine_port, ca_cert=authority.ca_cert, client_cert=authority.client_cert,
+                client_key=authority.client_key, boot=host.boot, running=machine.state == "running",
+                static=list(host.port_forwarding.static), opts=after,
+            )  # fmt: skip
+
+
+def _machine_outputs(machine: MachineConfig, v: dict) -> dict:
+    return outputs.MachineOutputs(
+        name=machine.name,
+        driver=machine.driver,
+        ip=v["ip"],
+        port=v["port"],
+        url=v["url"],
+        env=outputs.docker_env(machine.name, v["url"]),
+        ssh=outputs.SshEndpoint(host=v["ssh_host"], port=int(v["ssh_port"]), user=v["ssh_user"]),
+        docker_version=v["docker_version"] or "",
+        server_cert_serial=v["serial"] or "",
+        details=v["details"],
+    ).model_dump(by_alias=True)

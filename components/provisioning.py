@@ -1,8 +1,8 @@
-"""The shell that provisions a host, written once for every driver (docker-machine.md §3).
+"""Every shell script run on a host, written once for every driver (docs/provisioning.md).
 
-Each stage is a script fed to ``sh -s`` (as root, through ``sudo -n`` when the SSH user is not root)
-on the command's stdin, so certificates and keys never appear on a command line or in a log.
-Every script is idempotent: re-running it after an interrupted ``up`` converges.
+Each stage is a script fed to ``sh -s`` (as root, through ``sudo -n`` when the SSH user is not root) on the
+command's stdin, so certificates and keys never appear on a command line or in a log. Every script is idempotent:
+re-running it after an interrupted ``up`` converges.
 """
 
 from __future__ import annotations
@@ -10,11 +10,16 @@ from __future__ import annotations
 import hashlib
 import shlex
 
-from components.config import EngineOptions
+from components.model import EngineOptions
 
 DROPIN_DIR = "/etc/systemd/system/docker.service.d"
 DROPIN = f"{DROPIN_DIR}/10-machine.conf"
 CERT_DIR = "/etc/docker"
+# The oldest engine provisioned without a warning: Docker 23.0 made BuildKit the default builder (API 1.42).
+DOCKER_FLOOR = (23, 0)
+SUPPORTED_OS = ("debian", "ubuntu")
+# Lines a script prints with this prefix reach the `up` output as warnings (components/remote.py).
+WARNING = "warning: "
 
 # The command run over SSH; the script itself arrives on stdin. docker-machine needs root or passwordless sudo.
 AS_ROOT = (
@@ -23,14 +28,11 @@ AS_ROOT = (
 )
 
 
-
 def as_root_inline(script: str) -> str:
     """A command running ``script`` as root without stdin (delete commands get no stdin of their own)."""
     quoted = shlex.quote(script)
     return f'if [ "$(id -u)" -eq 0 ]; then sh -c {quoted}; else sudo -n sh -c {quoted}; fi'
 
-
-SUPPORTED_OS = ("debian", "ubuntu")
 
 WAIT_FOR_BOOT = """set -e
 # cloud-init may still be writing users, keys and apt sources: wait for it where present.
@@ -45,35 +47,63 @@ echo "$ID $VERSION_ID"
 
 _APT = "apt-get -o DPkg::Lock::Timeout=600 -qq"
 
+# The distribution's Docker: docker.io everywhere, plus the client, buildx and compose v2 where the release packages
+# them apart (Debian 13: docker-cli, docker-buildx, docker-compose 2.x; Ubuntu: docker-buildx, docker-compose-v2).
+# Debian drops Recommends (docker-cli is one on 13), so apparmor, which its kernel enables, is named too.
+_PACKAGES = f"""{_APT} update
+case "$ID" in
+  debian) packages="docker.io apparmor"; recommends="--no-install-recommends" ;;
+  *) packages="docker.io"; recommends="" ;;
+esac
+for optional in docker-cli docker-buildx docker-compose-v2; do
+  if apt-cache show "$optional" >/dev/null 2>&1; then packages="$packages $optional"; fi
+done
+compose="$(apt-cache policy docker-compose 2>/dev/null | awk '/Candidate:/ {{print $2}}')" || true
+case "$compose" in [2-9].*) packages="$packages docker-compose" ;; esac  # 1.x is the retired Python one
+{_APT} install -y $recommends $packages
+"""
+
+# The client comes from the same package (or release) as the daemon: its version stands for both.
+_FLOOR_CHECK = f"""version="$(docker --version 2>/dev/null \
+  | sed -n 's/^Docker version \\([0-9]*\\)\\.\\([0-9]*\\).*/\\1 \\2/p')" || true
+set -- $version
+major={DOCKER_FLOOR[0]}; minor={DOCKER_FLOOR[1]}
+if [ -n "${{1:-}}" ] && {{ [ "$1" -lt $major ] || {{ [ "$1" -eq $major ] && [ "$2" -lt $minor ]; }}; }}; then
+  echo "{WARNING}Docker $1.$2 from ${{PRETTY_NAME:-$ID}} is older than $major.$minor, the floor this project \
+provisions without caveats (BuildKit by default, API 1.42); use a newer release or engine.install: script"
+fi
+"""
+
 
 def install_script(engine: EngineOptions) -> str:
     """Install Docker per ``engine.install``; in every mode do nothing when Docker is already there."""
     head = """set -e
-if command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1; then
-  echo "Docker is already installed: $(docker --version)"; exit 0
-fi
 . /etc/os-release
 export DEBIAN_FRONTEND=noninteractive
+if command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1; then
+  echo "Docker is already installed: $(docker --version)"
 """
+    tail = "fi\n" + _FLOOR_CHECK
     if engine.install == "none":
-        return head + 'echo "Docker is not installed and engine.install is none" >&2; exit 1\n'
+        return head + 'else\n  echo "Docker is not installed and engine.install is none" >&2; exit 1\n' + tail
     if engine.install == "packages":
-        return head + f"""{_APT} update
-case "$ID" in
-  debian) {_APT} install -y --no-install-recommends docker.io apparmor ;;
-  *) {_APT} install -y docker.io ;;
-esac
-"""
+        return head + "else\n" + _PACKAGES + tail
     url = shlex.quote(engine.install_url)
     # Download first: `curl | sh` would run an empty script and "succeed" when the download fails.
-    return head + f"""if ! command -v curl >/dev/null 2>&1; then
+    return head + f"""else
+if ! command -v curl >/dev/null 2>&1; then
   {_APT} update && {_APT} install -y curl ca-certificates
 fi
 installer="$(mktemp)"; trap 'rm -f "$installer"' EXIT
-curl -fsSL {url} -o "$installer"
-sh "$installer"
-command -v dockerd >/dev/null 2>&1 || {{ echo "the install script from {url} did not install Docker" >&2; exit 1; }}
-"""
+if ! curl -fsSL {url} -o "$installer" 2>"$installer.err"; then
+  echo "downloading the install script {url} failed: $(cat "$installer.err")" >&2; rm -f "$installer.err"; exit 1
+fi
+rm -f "$installer.err"
+if ! sh "$installer"; then echo "the install script from {url} failed" >&2; exit 1; fi
+if ! command -v dockerd >/dev/null 2>&1; then
+  echo "the install script from {url} did not install Docker (no dockerd)" >&2; exit 1
+fi
+""" + tail
 
 
 def tls_script(ca_cert: str, server_cert: str, server_key: str) -> str:
@@ -89,24 +119,41 @@ def tls_script(ca_cert: str, server_cert: str, server_key: str) -> str:
     return "\n".join(parts) + "\n"
 
 
+def systemd_word(value: str, *, expand_variables: bool = True) -> str:
+    """``value`` as one double-quoted word of a unit file, read back verbatim by systemd.
+
+    Backslashes and quotes are C-escaped, ``%`` is a specifier (``%%``) and, on ExecStart= lines, ``$`` starts a
+    variable (``$$``); Environment= does not expand variables.
+    """
+    text = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    if expand_variables:
+        text = text.replace("$", "$$")
+    return f'"{text}"'
+
+
+# The listeners of Debian's, Ubuntu's and Docker's own units: socket activation (docker.socket) and the system
+# containerd. daemon_script adapts them to the host's packaged unit (docs/provisioning.md).
+FD_SOCKET = "-H fd://"
+UNIX_SOCKET = "-H unix:///var/run/docker.sock"
+CONTAINERD = "/run/containerd/containerd.sock"
+
+
 def daemon_flags(engine: EngineOptions, driver: str) -> list[str]:
-    """dockerd flags in docker-machine's order (§3.1), listening on TCP and the systemd socket."""
+    """dockerd flags in docker-machine's order, listening on TCP and the local socket."""
     flags = [
         f"-H tcp://0.0.0.0:{engine.port}",
-        # Debian's and Docker's units are socket-activated (docker.socket): keep that socket via fd://.
-        "-H fd://",
-        "--containerd=/run/containerd/containerd.sock",
+        FD_SOCKET,
+        f"--containerd={CONTAINERD}",
         f"--storage-driver {engine.storage_driver}",
         "--tlsverify",
         f"--tlscacert {CERT_DIR}/ca.pem",
         f"--tlscert {CERT_DIR}/server.pem",
         f"--tlskey {CERT_DIR}/server-key.pem",
     ]
-    flags += [f"--label {shlex.quote(label)}" for label in engine.labels]
-    flags.append(f"--label provider={driver}")
-    flags += [f"--insecure-registry {shlex.quote(r)}" for r in engine.insecure_registries]
-    flags += [f"--registry-mirror {shlex.quote(m)}" for m in engine.registry_mirrors]
-    flags += [f"--{shlex.quote(opt)}" for opt in engine.opts]
+    flags += [f"--label {systemd_word(label)}" for label in [*engine.labels, f"provider={driver}"]]
+    flags += [f"--insecure-registry {systemd_word(r)}" for r in engine.insecure_registries]
+    flags += [f"--registry-mirror {systemd_word(m)}" for m in engine.registry_mirrors]
+    flags += [f"--{opt}" for opt in engine.opts]  # checked against dockerd's flags (components/dockerd.py)
     return flags
 
 
@@ -114,7 +161,7 @@ def dropin(engine: EngineOptions, driver: str) -> str:
     """The systemd drop-in: clear the packaged ExecStart, then one line (systemd ignores continuations)."""
     lines = ["[Service]", "ExecStart=", "ExecStart=/usr/bin/env dockerd " + " ".join(daemon_flags(engine, driver))]
     if engine.env:
-        lines.append("Environment=" + " ".join(f'"{item}"' for item in engine.env))
+        lines.append("Environment=" + " ".join(systemd_word(item, expand_variables=False) for item in engine.env))
     return "\n".join(lines) + "\n"
 
 
@@ -125,6 +172,11 @@ def daemon_script(engine: EngineOptions, driver: str, server_cert_serial: str) -
 mkdir -p {DROPIN_DIR}
 cat > {DROPIN}.tmp <<'__DROPIN__'
 {dropin(engine, driver)}__DROPIN__
+# The packaged unit decides: no docker.socket means no fd:// socket; its own --containerd= path wins.
+if ! systemctl cat docker.socket >/dev/null 2>&1; then sed -i 's|{FD_SOCKET}|{UNIX_SOCKET}|' {DROPIN}.tmp; fi
+packaged="$(systemctl cat docker.service 2>/dev/null | grep -v '^ExecStart=/usr/bin/env dockerd' \\
+  | sed -n 's/.*--containerd=\\([^ ]*\\).*/\\1/p' | head -n 1)" || true
+if [ -n "$packaged" ]; then sed -i "s|--containerd={CONTAINERD}|--containerd=$packaged|" {DROPIN}.tmp; fi
 mv -f {DROPIN}.tmp {DROPIN}
 systemctl daemon-reload
 systemctl enable docker.service >/dev/null 2>&1 || true
@@ -147,6 +199,25 @@ systemctl daemon-reload
 systemctl restart docker.service || true
 echo "Docker is still installed; its TCP listener and our certificates were removed."
 """
+
+# scripts/machine upgrade: upgrade whatever Docker packages are installed, then restart the daemon.
+UPGRADE = r"""set -e
+export DEBIAN_FRONTEND=noninteractive
+apt="apt-get -o DPkg::Lock::Timeout=600 -qq"
+packages=""
+for p in docker-ce docker-ce-cli containerd.io docker-buildx-plugin docker-compose-plugin docker.io docker-cli \
+         docker-buildx docker-compose docker-compose-v2 containerd runc; do
+  if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then packages="$packages $p"; fi
+done
+if [ -z "$packages" ]; then echo "Docker was not installed from apt packages: nothing to upgrade" >&2; exit 1; fi
+$apt update
+$apt install -y --only-upgrade $packages
+echo "Restarting docker..."
+systemctl restart docker.service
+"""
+
+# scripts/machine restart for hosts we did not create: a reboot that returns before the connection drops.
+REBOOT = "(sleep 1; systemctl reboot || shutdown -r now) >/dev/null 2>&1 &\n"
 
 
 def digest(*parts: str) -> str:

@@ -1,11 +1,9 @@
-"""Remote provisioning steps over SSH, as a Python dynamic resource.
+"""Remote provisioning steps over SSH, as a Python dynamic resource with pulumi-command's interface.
 
-The project would use pulumi-command's ``remote.Command`` here, but its provider plugin cannot be had
-on our build machines (the Go module proxy refuses github.com/pulumi/pulumi-command/provider and no
-registry ships the binary), so this small resource does the same job with paramiko: run a command
-over SSH with a script on stdin, on create and whenever its inputs change; run an optional delete
-command on destroy; retry the dial while a host boots. Its inputs and semantics follow
-``remote.Command`` (connection, create, delete, stdin) so it can be swapped back.
+pulumi-command's provider plugin cannot be had on our build machines (docs/toolchain.md), so this resource does
+the same job with paramiko: run a command over SSH with a script on stdin, on create and whenever its inputs change;
+run an optional delete command on destroy; retry the dial while a host boots. Its inputs follow ``remote.Command``
+(connection, create, delete, stdin) so it can be swapped back; ``machine`` and ``step`` only name it in errors.
 """
 
 from __future__ import annotations
@@ -19,11 +17,15 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
+from components import outputs, provisioning, wait
+from components.errors import StepError
+
 DIAL_INTERVAL = 2.0
+STDERR_TAIL = 3000
 
 
-class RemoteCommandError(RuntimeError):
-    pass
+class RemoteError(RuntimeError):
+    """An SSH failure before it is attributed to a machine's step."""
 
 
 def _load_key(private_key: str):
@@ -34,7 +36,7 @@ def _load_key(private_key: str):
             return key_class.from_private_key(io.StringIO(private_key))
         except paramiko.SSHException:
             continue
-    raise RemoteCommandError("the SSH private key is not an ed25519, RSA or ECDSA key in PEM/OpenSSH format")
+    raise RemoteError("the SSH private key is not an ed25519, RSA or ECDSA key in PEM/OpenSSH format")
 
 
 def connect(connection: dict[str, Any]):
@@ -43,13 +45,12 @@ def connect(connection: dict[str, Any]):
 
     # paramiko logs a traceback for every refused dial while the host boots; the final error says enough.
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-
     host, port, user = connection["host"], int(connection.get("port") or 22), connection.get("user") or "root"
     key = _load_key(connection["private_key"])
     attempts = int(connection.get("dial_error_limit") or 10)
     timeout = float(connection.get("per_dial_timeout") or 10)
-    last: Exception | None = None
-    for attempt in range(1, attempts + 1):
+
+    def dial() -> paramiko.SSHClient:
         client = paramiko.SSHClient()
         # Host keys are new on every VM and never verified, like docker-machine and pulumi-command.
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
@@ -57,18 +58,21 @@ def connect(connection: dict[str, Any]):
             client.connect(
                 host, port=port, username=user, pkey=key, timeout=timeout, banner_timeout=timeout,
                 auth_timeout=timeout, allow_agent=False, look_for_keys=False,
-            )
-            return client
-        except paramiko.AuthenticationException as err:
-            last = err
-            # Until cloud-init has installed the key, a fresh VM refuses it: keep trying, then say so.
-        except (TimeoutError, OSError, paramiko.SSHException, EOFError) as err:
-            last = err
-        client.close()
-        if attempt < attempts:
-            time.sleep(DIAL_INTERVAL)
-    reason = "key refused" if isinstance(last, paramiko.AuthenticationException) else "unreachable"
-    raise RemoteCommandError(f"ssh {user}@{host}:{port}: {reason} after {attempts} attempts: {last}")
+            )  # fmt: skip
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    try:
+        # Until cloud-init has installed the key, a fresh VM refuses it: keep trying, then say so.
+        return wait.poll(
+            dial, attempts=attempts, interval=DIAL_INTERVAL,
+            retry_on=(TimeoutError, OSError, paramiko.SSHException, EOFError), what="ssh",
+        )  # fmt: skip
+    except wait.WaitTimeout as err:
+        reason = "key refused" if isinstance(err.last, paramiko.AuthenticationException) else "unreachable"
+        raise RemoteError(f"ssh {user}@{host}:{port}: {reason} after {attempts} attempts: {err.last}") from None
 
 
 def run(connection: dict[str, Any], command: str, stdin: str | None = None) -> tuple[str, str]:
@@ -85,19 +89,31 @@ def run(connection: dict[str, Any], command: str, stdin: str | None = None) -> t
     finally:
         client.close()
     if status != 0:
-        # The script travels on stdin; only its stderr (which our scripts keep free of secrets) is shown.
-        raise RemoteCommandError(
-            f"remote command failed with exit code {status} on {connection['host']}:{connection.get('port')}:\n"
-            + (stderr.strip()[-3000:] or stdout.strip()[-3000:])
-        )
+        # The script travels on stdin; only its output (which our scripts keep free of secrets) is shown.
+        tail = (stderr.strip() or stdout.strip())[-STDERR_TAIL:]
+        raise RemoteError(f"exit code {status}" + (f":\n{tail}" if tail else " (no output)"))
     return stdout.rstrip("\n"), stderr.rstrip("\n")
+
+
+def _run_step(props: dict[str, Any], command: str, stdin: str | None) -> tuple[str, str]:
+    machine = props.get("machine") or props["connection"]["host"]
+    try:
+        stdout, stderr = run(props["connection"], command, stdin)
+    except RemoteError as err:
+        raise StepError(machine, props.get("step") or "ssh", str(err)) from None
+    for line in stdout.splitlines():
+        if line.startswith(provisioning.WARNING):
+            # The engine shows what a dynamic provider prints among the `up` output's diagnostics.
+            warning = line.removeprefix(provisioning.WARNING)
+            print(f"{provisioning.WARNING}machine {machine}: {warning}", file=sys.stderr)
+    return stdout, stderr
 
 
 class _RemoteCommandProvider(ResourceProvider):
     RERUN_ON = ("connection", "create", "stdin")
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        stdout, stderr = run(props["connection"], props["create"], props.get("stdin"))
+        stdout, stderr = _run_step(props, props["create"], props.get("stdin"))
         return CreateResult(f"cmd-{time.time_ns():x}", {**props, "stdout": stdout, "stderr": stderr})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -107,18 +123,18 @@ class _RemoteCommandProvider(ResourceProvider):
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         if all(olds.get(k) == news.get(k) for k in self.RERUN_ON):
             return UpdateResult({**news, "stdout": olds.get("stdout"), "stderr": olds.get("stderr")})
-        stdout, stderr = run(news["connection"], news["create"], news.get("stdin"))
+        stdout, stderr = _run_step(news, news["create"], news.get("stdin"))
         return UpdateResult({**news, "stdout": stdout, "stderr": stderr})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         if props.get("delete"):
-            stdout, _ = run(props["connection"], props["delete"])
+            stdout, _ = _run_step(props, props["delete"], None)
             if stdout:
                 # The engine shows a dynamic provider's stderr: tell the user what was left in place.
                 print(f"{props['connection']['host']}: {stdout}", file=sys.stderr)
 
 
-class RemoteCommand(pulumi.dynamic.Resource, module="remote", name="Command"):
+class RemoteCommand(pulumi.dynamic.Resource, module=outputs.REMOTE_COMMAND.module, name=outputs.REMOTE_COMMAND.name):
     """Run ``create`` over SSH (``stdin`` fed to it) and ``delete`` on destroy."""
 
     stdout: pulumi.Output[str]
@@ -131,6 +147,8 @@ class RemoteCommand(pulumi.dynamic.Resource, module="remote", name="Command"):
         create: pulumi.Input[str],
         stdin: pulumi.Input[str] | None = None,
         delete: pulumi.Input[str] | None = None,
+        machine: str = "",
+        step: str = "",
         opts: pulumi.ResourceOptions | None = None,
     ):
         props = {
@@ -138,6 +156,8 @@ class RemoteCommand(pulumi.dynamic.Resource, module="remote", name="Command"):
             "create": create,
             "stdin": stdin,
             "delete": delete,
+            "machine": machine,
+            "step": step,
             "stdout": None,
             "stderr": None,
         }

@@ -1,6 +1,6 @@
 """docker-machine's TLS material, generated with ``cryptography`` and kept in Pulumi state.
 
-Rules copied from libmachine (docker-machine.md §4): RSA 2048 keys in PKCS#1 PEM; subjects carry an
+Rules of docker-machine's libmachine (docs/tls.md): RSA 2048 keys in PKCS#1 PEM; subjects carry an
 Organization only; NotBefore = now truncated to the minute minus 5 minutes, NotAfter = NotBefore + 1080
 days; random 128-bit serials. One CA and one client certificate per stack, one server certificate per
 machine whose SANs are the address the client dials, ``localhost`` and any extra ``tls_san``.
@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider
+
+from components import outputs
 
 VALIDITY = datetime.timedelta(days=1080)
 CLOCK_SKEW = datetime.timedelta(minutes=5)
@@ -168,7 +170,11 @@ class _AuthorityProvider(ResourceProvider):
         return DiffResult(changes=rotate, replaces=["rotation"] if rotate else [])
 
 
-class CertificateAuthority(pulumi.dynamic.Resource, module="tls", name="CertificateAuthority"):
+class CertificateAuthority(
+    pulumi.dynamic.Resource,
+    module=outputs.CERTIFICATE_AUTHORITY.module,
+    name=outputs.CERTIFICATE_AUTHORITY.name,
+):
     """The stack's CA and client certificate (docker-machine's certs/ca.pem + certs/cert.pem)."""
 
     ca_cert: pulumi.Output[str]
@@ -206,7 +212,9 @@ class _ServerCertProvider(ResourceProvider):
         return DiffResult(changes=bool(replaces), replaces=replaces)
 
 
-class ServerCertificate(pulumi.dynamic.Resource, module="tls", name="ServerCertificate"):
+class ServerCertificate(
+    pulumi.dynamic.Resource, module=outputs.SERVER_CERTIFICATE.module, name=outputs.SERVER_CERTIFICATE.name
+):
     """A machine's server certificate (docker-machine's server.pem), reissued when its SANs change."""
 
     cert: pulumi.Output[str]
@@ -245,7 +253,7 @@ class _SshKeyProvider(ResourceProvider):
         return DiffResult(changes=False)
 
 
-class SshKey(pulumi.dynamic.Resource, module="tls", name="SshKey"):
+class SshKey(pulumi.dynamic.Resource, module=outputs.SSH_KEY.module, name=outputs.SSH_KEY.name):
     """A machine's SSH key pair (docker-machine's machines/<name>/id_rsa), ed25519."""
 
     private_key: pulumi.Output[str]

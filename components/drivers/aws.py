@@ -18,18 +18,16 @@ import pulumi
 import pulumi_aws as aws
 from pydantic import Field, field_validator, model_validator
 
-from components.config import MachineConfig
-from components.drivers import Host
 from components.drivers._cloud import (
     ANYWHERE,
     AllowedCidrs,
-    OwnKey,
-    login_key,
     parse_open_ports,
     read_file,
     readable_file,
     split_cidrs,
 )
+from components.drivers.base import BaseDriver, DriverContext, Host
+from components.sshkeys import OwnKey, login_key
 
 # --- AWS ---------------------------------------------------------------------------------------------------------
 
@@ -243,81 +241,80 @@ def _existing_key_pair(name: str, public_key: str, region: str) -> str:
     return found.key_name
 
 
-def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str, opts: pulumi.ResourceOptions) -> Host:
-    o: Options = machine.options
-    region = o.region or default_region()
-    zone = f"{region}{o.zone}"
-    tags = {**o.tags, "Name": machine.name}
-
-    subnet_id, vpc_id = _placement(o, region, zone)
-
-    # The image: Canonical's newest Ubuntu LTS at creation; later releases do not replace the instance.
+def _ami(o: Options, region: str) -> str:
+    """The image: the given AMI, else Canonical's newest Ubuntu LTS at creation (later releases do not replace it)."""
     if o.ami:
-        ami: pulumi.Input[str] = o.ami
-    else:
-        arch = o.architecture or architecture_of(o.instance_type)
-        ami = aws.ec2.get_ami(
-            most_recent=True,
-            owners=[CANONICAL_OWNER_ID],
-            filters=[
-                {"name": "name", "values": [UBUNTU_AMI_NAME.format(arch="amd64" if arch == "x86_64" else "arm64")]},
-                {"name": "architecture", "values": [arch]},
-                {"name": "virtualization-type", "values": ["hvm"]},
-                {"name": "root-device-type", "values": ["ebs"]},
-            ],
-            region=region,
-        ).id
+        return o.ami
+    arch = o.architecture or architecture_of(o.instance_type)
+    return aws.ec2.get_ami(
+        most_recent=True,
+        owners=[CANONICAL_OWNER_ID],
+        filters=[
+            {"name": "name", "values": [UBUNTU_AMI_NAME.format(arch="amd64" if arch == "x86_64" else "arm64")]},
+            {"name": "architecture", "values": [arch]},
+            {"name": "virtualization-type", "values": ["hvm"]},
+            {"name": "root-device-type", "values": ["ebs"]},
+        ],
+        region=region,
+    ).id
 
-    # SSH: the stack's key imported as a key pair, the user's key imported, or an existing key pair.
-    private_key, public_key = login_key(o, ssh_key)
-    if o.key_pair_name:  # validated to come with the user's own key: public_key is its plain public key line
-        key_name: pulumi.Input[str] = _existing_key_pair(o.key_pair_name, public_key, region)
-    else:
-        key_pair = aws.ec2.KeyPair(
-            f"{name}-key",
-            public_key=public_key,
-            tags=tags,
-            region=region,
-            opts=opts,
-        )
-        key_name = key_pair.key_name
 
+def _key_name(ctx: DriverContext, public_key: str, region: str, tags: dict[str, str]) -> pulumi.Input[str]:
+    """SSH: an existing key pair (validated to come with the user's own key), else the login key imported."""
+    o: Options = ctx.options
+    if o.key_pair_name:
+        return _existing_key_pair(o.key_pair_name, public_key, region)
+    return aws.ec2.KeyPair(f"{ctx.name}-key", public_key=public_key, tags=tags, region=region, opts=ctx.opts).key_name
+
+
+def _security_groups(ctx: DriverContext, vpc_id: str, region: str, tags: dict[str, str]) -> list[pulumi.Input[str]]:
+    o: Options = ctx.options
     groups: list[pulumi.Input[str]] = []
     if o.create_security_group:
         group = aws.ec2.SecurityGroup(
-            f"{name}-sg",
+            f"{ctx.name}-sg",
             description="Docker Machine",
             vpc_id=vpc_id,
-            ingress=ingress_rules(o, machine.engine.port),
+            ingress=ingress_rules(o, ctx.machine.engine.port),
             egress=[EGRESS_ALL],
             tags=tags,
             region=region,
-            opts=opts,
+            opts=ctx.opts,
         )
         groups.append(group.id)
-    groups += o.security_group_ids
+    return groups + list(o.security_group_ids)
 
-    market = None
-    if o.spot:
-        spot_options: dict[str, Any] = {"spot_instance_type": "one-time", "instance_interruption_behavior": "terminate"}
-        if o.spot_price:
-            spot_options["max_price"] = o.spot_price
-        market = {"market_type": "spot", "spot_options": spot_options}
 
-    user_data = user_data_base64 = None
-    if o.user_data_file:
-        raw = read_file(o.user_data_file)
-        try:
-            user_data = raw.decode()
-        except UnicodeDecodeError:  # e.g. gzip-compressed cloud-config
-            user_data_base64 = base64.b64encode(raw).decode()
+def _market(o: Options) -> dict[str, Any] | None:
+    if not o.spot:
+        return None
+    spot_options: dict[str, Any] = {"spot_instance_type": "one-time", "instance_interruption_behavior": "terminate"}
+    if o.spot_price:
+        spot_options["max_price"] = o.spot_price
+    return {"market_type": "spot", "spot_options": spot_options}
 
-    instance = aws.ec2.Instance(
-        f"{name}-instance",
-        ami=ami,
+
+def _user_data(o: Options) -> dict[str, str]:
+    """``user_data`` as text, or ``user_data_base64`` for a binary file (e.g. gzip-compressed cloud-config)."""
+    if not o.user_data_file:
+        return {}
+    raw = read_file(o.user_data_file)
+    try:
+        return {"user_data": raw.decode()}
+    except UnicodeDecodeError:
+        return {"user_data_base64": base64.b64encode(raw).decode()}
+
+
+def _instance(ctx: DriverContext, placement: tuple[str, str], key_name: pulumi.Input[str], region: str,
+              tags: dict[str, str]) -> aws.ec2.Instance:  # fmt: skip
+    o: Options = ctx.options
+    subnet_id, vpc_id = placement
+    return aws.ec2.Instance(
+        f"{ctx.name}-instance",
+        ami=_ami(o, region),
         instance_type=o.instance_type,
         subnet_id=subnet_id,
-        vpc_security_group_ids=groups,
+        vpc_security_group_ids=_security_groups(ctx, vpc_id, region, tags),
         associate_public_ip_address=not o.private_address_only,
         key_name=key_name,
         iam_instance_profile=o.iam_instance_profile,
@@ -330,29 +327,43 @@ def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str,
             "tags": tags,
         },
         metadata_options={"http_endpoint": "enabled", "http_tokens": "required"},
-        instance_market_options=market,
-        user_data=user_data,
-        user_data_base64=user_data_base64,
+        instance_market_options=_market(o),
         tags=tags,
         region=region,
         opts=pulumi.ResourceOptions.merge(
-            opts,
+            ctx.opts,
             pulumi.ResourceOptions(
                 # A newer Ubuntu AMI must not replace a running machine (`up --replace` picks it up).
                 ignore_changes=[] if o.ami else ["ami"],
                 custom_timeouts=pulumi.CustomTimeouts(create="20m"),
             ),
         ),
+        **_user_data(o),
     )
 
-    private = o.private_address_only or o.use_private_address
-    address = instance.private_ip if private else instance.public_ip
-    return Host(
-        ssh_host=address,
-        ssh_port=o.ssh_port,
-        ssh_user=o.ssh_user,
-        ssh_private_key=private_key,
-        address=address,
-        engine_port=machine.engine.port,
-        ready=instance,
-    )
+
+class AwsDriver(BaseDriver):
+    name = "aws"
+    Options = Options
+    plugin_package = "pulumi_aws"
+
+    def create_host(self, ctx: DriverContext) -> Host:
+        o: Options = ctx.options
+        region = o.region or default_region()
+        tags = {**o.tags, "Name": ctx.machine.name}
+        placement = _placement(o, region, f"{region}{o.zone}")
+        private_key, public_key = login_key(o, ctx.ssh_key)
+        instance = _instance(ctx, placement, _key_name(ctx, public_key, region, tags), region, tags)
+        address = instance.private_ip if o.private_address_only or o.use_private_address else instance.public_ip
+        return Host(
+            ssh_host=address,
+            ssh_port=o.ssh_port,
+            ssh_user=o.ssh_user,
+            ssh_private_key=private_key,
+            address=address,
+            engine_port=ctx.machine.engine.port,
+            ready=instance,
+        )
+
+
+DRIVER = AwsDriver()

@@ -19,17 +19,15 @@ import pulumi
 import pulumi_azure_native as azure
 from pydantic import Field, field_validator, model_validator
 
-from components.config import MachineConfig
-from components.drivers import Host
 from components.drivers._cloud import (
     AllowedCidrs,
-    OwnKey,
     cidr,
-    login_key,
     parse_open_ports,
     read_file,
     readable_file,
 )
+from components.drivers.base import BaseDriver, DriverContext, Host
+from components.sshkeys import OwnKey, login_key
 
 # --- Azure -------------------------------------------------------------------------------------------------------
 
@@ -203,57 +201,65 @@ def security_rules(options: Options, engine_port: int) -> list[dict[str, Any]]:
     return rules
 
 
-def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str, opts: pulumi.ResourceOptions) -> Host:
-    o: Options = machine.options
-    location, tags = o.location, o.tags or None
-    private_key, public_key = login_key(o, ssh_key)
-
+def _resource_group(ctx: DriverContext, tags: dict[str, str] | None) -> pulumi.Input[str]:
+    o: Options = ctx.options
     if o.resource_group:
-        group: pulumi.Input[str] = o.resource_group
-    else:
-        group = azure.resources.ResourceGroup(f"{name}-rg", location=location, tags=tags, opts=opts).name
+        return o.resource_group
+    return azure.resources.ResourceGroup(f"{ctx.name}-rg", location=o.location, tags=tags, opts=ctx.opts).name
 
+
+def _subnet_id(ctx: DriverContext, group: pulumi.Input[str], tags: dict[str, str] | None) -> pulumi.Input[str]:
+    o: Options = ctx.options
     if o.vnet:
         vnet_group, _, vnet_name = o.vnet.rpartition(":")
         # Looked up now, so that a missing network fails before anything is created.
-        subnet_id: pulumi.Input[str] = azure.network.get_subnet(
+        return azure.network.get_subnet(
             resource_group_name=vnet_group or o.resource_group, virtual_network_name=vnet_name, subnet_name=o.subnet
         ).id
-    else:
-        vnet = azure.network.VirtualNetwork(
-            f"{name}-vnet",
-            resource_group_name=group,
-            location=location,
-            address_space={"address_prefixes": [o.subnet_prefix]},
-            subnets=[{"name": o.subnet, "address_prefix": o.subnet_prefix}],
-            tags=tags,
-            opts=opts,
-        )
-        subnet_id = pulumi.Output.concat(vnet.id, "/subnets/", o.subnet)
-
-    firewall = azure.network.NetworkSecurityGroup(
-        f"{name}-firewall",
+    vnet = azure.network.VirtualNetwork(
+        f"{ctx.name}-vnet",
         resource_group_name=group,
-        location=location,
-        security_rules=security_rules(o, machine.engine.port),
+        location=o.location,
+        address_space={"address_prefixes": [o.subnet_prefix]},
+        subnets=[{"name": o.subnet, "address_prefix": o.subnet_prefix}],
         tags=tags,
-        opts=opts,
+        opts=ctx.opts,
+    )
+    return pulumi.Output.concat(vnet.id, "/subnets/", o.subnet)
+
+
+def _firewall(ctx: DriverContext, group: pulumi.Input[str], tags: dict[str, str] | None):
+    o: Options = ctx.options
+    return azure.network.NetworkSecurityGroup(
+        f"{ctx.name}-firewall",
+        resource_group_name=group,
+        location=o.location,
+        security_rules=security_rules(o, ctx.machine.engine.port),
+        tags=tags,
+        opts=ctx.opts,
     )
 
-    public_ip = None
-    if not o.no_public_ip:
-        public_ip = azure.network.PublicIPAddress(
-            f"{name}-ip",
-            resource_group_name=group,
-            location=location,
-            sku={"name": "Standard", "tier": "Regional"},
-            public_ip_allocation_method="Static",
-            public_ip_address_version="IPv4",
-            dns_settings={"domain_name_label": o.dns_label} if o.dns_label else None,
-            tags=tags,
-            opts=opts,
-        )
 
+def _public_ip(ctx: DriverContext, group: pulumi.Input[str], tags: dict[str, str] | None):
+    o: Options = ctx.options
+    if o.no_public_ip:
+        return None
+    return azure.network.PublicIPAddress(
+        f"{ctx.name}-ip",
+        resource_group_name=group,
+        location=o.location,
+        sku={"name": "Standard", "tier": "Regional"},
+        public_ip_allocation_method="Static",
+        public_ip_address_version="IPv4",
+        dns_settings={"domain_name_label": o.dns_label} if o.dns_label else None,
+        tags=tags,
+        opts=ctx.opts,
+    )
+
+
+def _nic(ctx: DriverContext, group: pulumi.Input[str], subnet_id: pulumi.Input[str], firewall: Any, public_ip: Any,
+         tags: dict[str, str] | None):  # fmt: skip
+    o: Options = ctx.options
     ip_configuration: dict[str, Any] = {
         "name": "ipconfig",
         "primary": True,
@@ -264,27 +270,21 @@ def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str,
         ip_configuration["private_ip_address"] = o.private_ip_address
     if public_ip is not None:
         ip_configuration["public_ip_address"] = {"id": public_ip.id}
-    nic = azure.network.NetworkInterface(
-        f"{name}-nic",
+    return azure.network.NetworkInterface(
+        f"{ctx.name}-nic",
         resource_group_name=group,
-        location=location,
+        location=o.location,
         ip_configurations=[ip_configuration],
         network_security_group={"id": firewall.id},
         tags=tags,
-        opts=opts,
+        opts=ctx.opts,
     )
 
-    publisher, offer, sku, version = o.image.split(":")
-    os_disk: dict[str, Any] = {
-        "create_option": "FromImage",
-        "caching": "ReadWrite",
-        "delete_option": "Delete",
-        "managed_disk": {"storage_account_type": o.os_disk_type},
-    }
-    if o.os_disk_size:
-        os_disk["disk_size_gb"] = o.os_disk_size
-    os_profile: dict[str, Any] = {
-        "computer_name": machine.name,
+
+def _os_profile(ctx: DriverContext, public_key: str) -> dict[str, Any]:
+    o: Options = ctx.options
+    profile: dict[str, Any] = {
+        "computer_name": ctx.machine.name,
         "admin_username": o.ssh_user,
         "linux_configuration": {
             "disable_password_authentication": True,
@@ -295,36 +295,69 @@ def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str,
         },
     }
     if o.custom_data_file:
-        os_profile["custom_data"] = base64.b64encode(read_file(o.custom_data_file)).decode()
-    vm = azure.compute.VirtualMachine(
-        f"{name}-vm",
+        profile["custom_data"] = base64.b64encode(read_file(o.custom_data_file)).decode()
+    return profile
+
+
+def _vm(ctx: DriverContext, group: pulumi.Input[str], nic: Any, public_key: str, tags: dict[str, str] | None):
+    o: Options = ctx.options
+    publisher, offer, sku, version = o.image.split(":")
+    os_disk: dict[str, Any] = {
+        "create_option": "FromImage",
+        "caching": "ReadWrite",
+        "delete_option": "Delete",
+        "managed_disk": {"storage_account_type": o.os_disk_type},
+    }
+    if o.os_disk_size:
+        os_disk["disk_size_gb"] = o.os_disk_size
+    return azure.compute.VirtualMachine(
+        f"{ctx.name}-vm",
         resource_group_name=group,
-        location=location,
+        location=o.location,
         hardware_profile={"vm_size": o.size},
         storage_profile={
             "image_reference": {"publisher": publisher, "offer": offer, "sku": sku, "version": version},
             "os_disk": os_disk,
         },
-        os_profile=os_profile,
+        os_profile=_os_profile(ctx, public_key),
         network_profile={"network_interfaces": [{"id": nic.id, "primary": True}]},
         tags=tags,
         opts=pulumi.ResourceOptions.merge(
-            opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="30m"))
+            ctx.opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="30m"))
         ),
     )
 
-    if o.no_public_ip or o.use_private_ip:
-        address: pulumi.Output[str] = nic.ip_configurations.apply(lambda configs: configs[0].private_ip_address)
-    elif o.dns_label:
-        address = public_ip.dns_settings.apply(lambda dns: dns.fqdn)
-    else:
-        address = public_ip.ip_address
-    return Host(
-        ssh_host=address,
-        ssh_port=22,
-        ssh_user=o.ssh_user,
-        ssh_private_key=private_key,
-        address=address,
-        engine_port=machine.engine.port,
-        ready=vm,
-    )
+
+class AzureDriver(BaseDriver):
+    name = "azure"
+    Options = Options
+    plugin_package = "pulumi_azure_native"
+
+    def create_host(self, ctx: DriverContext) -> Host:
+        o: Options = ctx.options
+        tags = o.tags or None
+        private_key, public_key = login_key(o, ctx.ssh_key)
+        group = _resource_group(ctx, tags)
+        subnet_id = _subnet_id(ctx, group, tags)
+        firewall = _firewall(ctx, group, tags)
+        public_ip = _public_ip(ctx, group, tags)
+        nic = _nic(ctx, group, subnet_id, firewall, public_ip, tags)
+        vm = _vm(ctx, group, nic, public_key, tags)
+        if o.no_public_ip or o.use_private_ip:
+            address: pulumi.Output[str] = nic.ip_configurations.apply(lambda configs: configs[0].private_ip_address)
+        elif o.dns_label:
+            address = public_ip.dns_settings.apply(lambda dns: dns.fqdn)
+        else:
+            address = public_ip.ip_address
+        return Host(
+            ssh_host=address,
+            ssh_port=22,
+            ssh_user=o.ssh_user,
+            ssh_private_key=private_key,
+            address=address,
+            engine_port=ctx.machine.engine.port,
+            ready=vm,
+        )
+
+
+DRIVER = AzureDriver()

@@ -15,19 +15,16 @@ import pulumi
 import pulumi_digitalocean as do
 from pydantic import Field, field_validator, model_validator
 
-from components.config import MachineConfig
-from components.drivers import Host
 from components.drivers._cloud import (
     ANYWHERE,
     AllowedCidrs,
-    OwnKey,
-    login_key,
     md5_fingerprint,
-    own_private_key,
     parse_open_ports,
     read_file,
     readable_file,
 )
+from components.drivers.base import BaseDriver, DriverContext, Host
+from components.sshkeys import OwnKey, login_key, own_private_key
 
 # --- DigitalOcean ------------------------------------------------------------------------------------------------
 
@@ -129,55 +126,64 @@ def inbound_rules(options: Options, engine_port: int) -> list[dict[str, Any]]:
     return rules
 
 
-def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str, opts: pulumi.ResourceOptions) -> Host:
-    o: Options = machine.options
+class DigitalOceanDriver(BaseDriver):
+    name = "digitalocean"
+    Options = Options
+    plugin_package = "pulumi_digitalocean"
 
-    private_key, public_key = login_key(o, ssh_key)
-    if o.ssh_key_fingerprint:
-        fingerprint: pulumi.Input[str] = o.ssh_key_fingerprint
-    else:
-        fingerprint = do.SshKey(f"{name}-key", name=machine.name, public_key=public_key, opts=opts).fingerprint
+    def create_host(self, ctx: DriverContext) -> Host:
+        o: Options = ctx.options
+        name, machine, opts = ctx.name, ctx.machine, ctx.opts
 
-    user_data = None
-    if o.user_data_file:
-        user_data = read_file(o.user_data_file).decode()
+        private_key, public_key = login_key(o, ctx.ssh_key)
+        if o.ssh_key_fingerprint:
+            fingerprint: pulumi.Input[str] = o.ssh_key_fingerprint
+        else:
+            fingerprint = do.SshKey(f"{name}-key", name=machine.name, public_key=public_key, opts=opts).fingerprint
 
-    droplet = do.Droplet(
-        f"{name}-droplet",
-        name=machine.name,
-        image=o.image,
-        region=o.region,
-        size=o.size,
-        ssh_keys=[fingerprint],
-        ipv6=o.ipv6,
-        vpc_uuid=o.vpc_uuid,
-        public_networking=False if o.private_address_only else None,
-        backups=o.backups,
-        monitoring=o.monitoring,
-        tags=o.tags or None,
-        user_data=user_data,
-        opts=pulumi.ResourceOptions.merge(
-            opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="20m"))
-        ),
-    )
-    firewall = do.Firewall(
-        f"{name}-firewall",
-        name=f"docker-machine-{machine.name}",
-        droplet_ids=[droplet.id.apply(int)],
-        inbound_rules=inbound_rules(o, machine.engine.port),
-        outbound_rules=OUTBOUND_ALL,
-        opts=opts,
-    )
+        user_data = None
+        if o.user_data_file:
+            user_data = read_file(o.user_data_file).decode()
 
-    private = o.private_address_only or o.use_private_address
-    address = droplet.ipv4_address_private if private else droplet.ipv4_address
-    return Host(
-        ssh_host=address,
-        ssh_port=o.ssh_port,
-        ssh_user=o.ssh_user,
-        ssh_private_key=private_key,
-        address=address,
-        engine_port=machine.engine.port,
-        # Provisioning starts once the firewall is in place: what it lets in is what provisioning relies on.
-        ready=firewall,
-    )
+        droplet = do.Droplet(
+            f"{name}-droplet",
+            name=machine.name,
+            image=o.image,
+            region=o.region,
+            size=o.size,
+            ssh_keys=[fingerprint],
+            ipv6=o.ipv6,
+            vpc_uuid=o.vpc_uuid,
+            public_networking=False if o.private_address_only else None,
+            backups=o.backups,
+            monitoring=o.monitoring,
+            tags=o.tags or None,
+            user_data=user_data,
+            opts=pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="20m"))
+            ),
+        )
+        firewall = do.Firewall(
+            f"{name}-firewall",
+            name=f"docker-machine-{machine.name}",
+            droplet_ids=[droplet.id.apply(int)],
+            inbound_rules=inbound_rules(o, machine.engine.port),
+            outbound_rules=OUTBOUND_ALL,
+            opts=opts,
+        )
+
+        private = o.private_address_only or o.use_private_address
+        address = droplet.ipv4_address_private if private else droplet.ipv4_address
+        return Host(
+            ssh_host=address,
+            ssh_port=o.ssh_port,
+            ssh_user=o.ssh_user,
+            ssh_private_key=private_key,
+            address=address,
+            engine_port=machine.engine.port,
+            # Provisioning starts once the firewall is in place: what it lets in is what provisioning relies on.
+            ready=firewall,
+        )
+
+
+DRIVER = DigitalOceanDriver()

@@ -1,21 +1,20 @@
-"""Generic driver: an existing host over SSH (docker-machine's ``generic``, docker-machine.md §2.5).
+"""Generic driver: an existing host over SSH (docker-machine's ``generic``, docs/drivers.md).
 
-It creates nothing: the host, its user and its key are given, directly or as outputs of another stack
-(read through a StackReference). The component provisions it like any other host. On destroy the
-component removes what it added (drop-in, certificates) and restarts Docker, which stays installed.
+It creates nothing: the host, its user and its key are given, directly or as outputs of another stack (read through
+a StackReference). The component provisions it like any other host. On destroy the component removes what it added
+(drop-in, certificates) and restarts Docker, which stays installed.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import os
 from typing import Any
 
 import pulumi
 from pydantic import Field, field_validator, model_validator
 
-from components.config import DNS_NAME_RE, MachineConfig, StrictModel
-from components.drivers import Host
+from components.drivers.base import BaseDriver, DriverContext, Host
+from components.model import StrictModel, address_or_dns_name
+from components.sshkeys import OwnKey, own_private_key
 
 
 class FromStack(StrictModel):
@@ -30,40 +29,27 @@ class FromStack(StrictModel):
     engine_port: str | None = None
 
 
-class Options(StrictModel):
-    MULTILINE = frozenset({"ssh_key"})
-
+class Options(OwnKey):
     address: str | None = Field(None, description="IP address or DNS name of the host")
     ssh_user: str = Field("root", pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")
     ssh_port: int = Field(22, ge=1, le=65535)
-    ssh_key: str | None = Field(None, description="private key (PEM/OpenSSH); set it as a secret")
-    ssh_key_path: str | None = None
     from_stack: FromStack | None = None
     dial_attempts: int = Field(10, ge=1, le=1000, description="SSH dial attempts before the host is unreachable")
 
     @field_validator("address")
     @classmethod
     def _address(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            ipaddress.ip_address(v)
-        except ValueError:
-            if not DNS_NAME_RE.match(v) or v.startswith("*"):
-                raise ValueError(f"{v!r} is neither an IP address nor a DNS name") from None
-        return v
+        return v if v is None else address_or_dns_name(v, wildcard=False)
 
     @model_validator(mode="after")
     def _sources(self) -> Options:
         if self.from_stack is None:
             if self.address is None:
                 raise ValueError("address is required (or from_stack to read it from another stack)")
-            if (self.ssh_key is None) == (self.ssh_key_path is None):
+            if self.ssh_key is None and self.ssh_key_path is None:
                 raise ValueError("give exactly one of ssh_key (a secret) or ssh_key_path")
         elif self.address or self.ssh_key or self.ssh_key_path:
             raise ValueError("from_stack provides address and key: do not also set address, ssh_key or ssh_key_path")
-        if self.ssh_key_path and not os.path.isfile(os.path.expanduser(self.ssh_key_path)):
-            raise ValueError(f"ssh_key_path {self.ssh_key_path!r} does not exist")
         return self
 
 
@@ -80,33 +66,38 @@ def _stack_output(ref: pulumi.StackReference, dotted: str) -> pulumi.Output[Any]
     return ref.require_output(head).apply(lambda v: _dig(v, rest))
 
 
-def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str, opts: pulumi.ResourceOptions) -> Host:
-    options: Options = machine.options
-    if options.from_stack:
-        source = options.from_stack
-        ref = pulumi.StackReference(f"{name}-host", stack_name=source.stack, opts=opts)
-        address = _stack_output(ref, source.address)
-        port = _stack_output(ref, source.ssh_port) if source.ssh_port else options.ssh_port
-        user = _stack_output(ref, source.ssh_user) if source.ssh_user else options.ssh_user
-        private_key = pulumi.Output.secret(_stack_output(ref, source.ssh_key))
-        engine_port = _stack_output(ref, source.engine_port) if source.engine_port else machine.engine.port
-    else:
-        address, port, user = options.address, options.ssh_port, options.ssh_user
-        engine_port = machine.engine.port
-        if options.ssh_key_path:
-            with open(os.path.expanduser(options.ssh_key_path)) as f:
-                private_key = pulumi.Output.secret(f.read())
+class GenericDriver(BaseDriver):
+    name = "generic"
+    Options = Options
+
+    def create_host(self, ctx: DriverContext) -> Host:
+        options: Options = ctx.options
+        engine_port: pulumi.Input[int] = ctx.machine.engine.port
+        if options.from_stack:
+            source = options.from_stack
+            ref = pulumi.StackReference(f"{ctx.name}-host", stack_name=source.stack, opts=ctx.opts)
+            address = _stack_output(ref, source.address)
+            port = _stack_output(ref, source.ssh_port) if source.ssh_port else options.ssh_port
+            user = _stack_output(ref, source.ssh_user) if source.ssh_user else options.ssh_user
+            private_key = pulumi.Output.secret(_stack_output(ref, source.ssh_key))
+            if source.engine_port:
+                engine_port = _stack_output(ref, source.engine_port)
         else:
-            private_key = pulumi.Output.secret(options.ssh_key)
-    # Nothing to create: provisioning waits for nothing but the host answering SSH.
-    return Host(
-        ssh_host=address,
-        ssh_port=port,
-        ssh_user=user,
-        ssh_private_key=private_key,
-        address=address,
-        engine_port=engine_port,
-        ready=ref if options.from_stack else None,
-        dial_error_limit=options.dial_attempts,
-        undo_on_delete=True,
-    )
+            address, port, user = options.address, options.ssh_port, options.ssh_user
+            own = own_private_key(options.ssh_key, options.ssh_key_path)
+            private_key = pulumi.Output.secret(own[0] if own else "")
+        # Nothing to create: provisioning waits for nothing but the host answering SSH.
+        return Host(
+            ssh_host=address,
+            ssh_port=port,
+            ssh_user=user,
+            ssh_private_key=private_key,
+            address=address,
+            engine_port=engine_port,
+            ready=ref if options.from_stack else None,
+            dial_error_limit=options.dial_attempts,
+            undo_on_delete=True,
+        )
+
+
+DRIVER = GenericDriver()

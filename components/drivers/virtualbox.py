@@ -20,61 +20,58 @@ import hashlib
 import ipaddress
 import json
 import os
-import re
 import secrets
 import shutil
-import tarfile
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import pulumi
-from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 from pydantic import Field, ValidationInfo, field_validator
 
-from components import seed
-from components.config import ConfigError, MachineConfig, StrictModel
-from components.drivers import Host
-from components.drivers.qemu import cache_root, claim_lease, free_port, resolve_image, state_root
-
-# scripts/machine start/stop/kill act through the machine's desired `state`.
-SUPPORTS_POWER = True
+from components import outputs, seed
+from components.drivers._local import (
+    LocalVmProvider,
+    boot_token,
+    claim_lease,
+    download,
+    free_port,
+    release_lease,
+    settle,
+    state_root,
+)  # fmt: skip
+from components.drivers._vbox import (
+    DEFAULT_HOSTONLY_CIDR,
+    HOSTONLY_ALLOWED,
+    VBoxUnavailable,
+    _library,
+    _nic_type,
+    check_version,
+    clone_disk,
+    connect,
+    dhcp_reserved,
+    ensure_hostonly,
+    extract_ova_disk,
+    find,
+    hostonly_conflict,
+    is_online,
+    launch,
+    locked,
+    parse_hostonly_cidr,
+    state_name,
+    wait,
+)  # fmt: skip
+from components.drivers.base import BaseDriver, DriverContext, Host
+from components.model import ConfigError, MachineConfig, StrictModel
 
 DEFAULT_IMAGE = "https://cloud-images.ubuntu.com/releases/noble/release/ubuntu-24.04-server-cloudimg-amd64.vmdk"
 IMAGE_SUFFIXES = (".vmdk", ".vdi", ".ova")
-# VirtualBox >= 6.1.28 on Linux and macOS refuses host-only addresses outside this range unless
-# /etc/vbox/networks.conf allows more (docker-machine's 192.168.99.1/24 default broke with it).
-HOSTONLY_ALLOWED = ipaddress.IPv4Network("192.168.56.0/21")
-DEFAULT_HOSTONLY_CIDR = "192.168.56.1/24"  # VirtualBox's own default (vboxnet0)
-# pyvbox 2.1.1 is generated from the VirtualBox 6.1 XIDL: its enums and method signatures are 6.1's.
-SUPPORTED_API = (6, 1)
 GUEST_SSH_PORT = 22
 POWERDOWN_TIMEOUT = 90
 UNLOCK_TIMEOUT = 30
 CONTROLLER = "SATA"
-# docker-machine's --virtualbox-*-nictype values → VirtualBox's NetworkAdapterType labels.
-NIC_TYPES = {
-    "82540EM": "I82540EM",
-    "82543GC": "I82543GC",
-    "82545EM": "I82545EM",
-    "Am79C970A": "Am79C970A",
-    "Am79C973": "Am79C973",
-    "virtio": "Virtio",
-}
 NicType = Literal["82540EM", "82543GC", "82545EM", "Am79C970A", "Am79C973", "virtio"]
-
-INSTALL_HINT = (
-    "install VirtualBox 6.1 and its SDK, then the SDK's Python bindings into the project's virtualenv: "
-    "`cd VirtualBoxSDK/sdk/installer && VBOX_INSTALL_PATH=/usr/lib/virtualbox <project>/.venv/bin/python "
-    "vboxapisetup.py install` (or create .venv with --system-site-packages where your VirtualBox package "
-    "installed vboxapi system-wide)"
-)
-
-
-class VBoxUnavailable(RuntimeError):
-    """VirtualBox or its Python API cannot be used here; the message says what to install."""
-
 
 class Options(StrictModel):
     cpus: int = Field(1, description="docker-machine's default 1; -1 = all host CPUs (at most 32)")
@@ -136,100 +133,6 @@ class Options(StrictModel):
         return v
 
 
-def parse_hostonly_cidr(value: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Network]:
-    """docker-machine's form, the host's address with a prefix (192.168.56.1/24), or a network (→ its first host)."""
-    try:
-        interface = ipaddress.IPv4Interface(value)
-    except ValueError as err:
-        raise ValueError(f"{value!r} is not a valid IPv4 CIDR ({err})") from None
-    if "/" not in value:
-        raise ValueError(f"{value!r} needs a prefix length, e.g. {DEFAULT_HOSTONLY_CIDR}")
-    network = interface.network
-    if network.prefixlen > 29 or network.prefixlen < 8:
-        raise ValueError(f"{value!r}: use a prefix between /8 and /29")
-    host_ip = interface.ip
-    if host_ip == network.network_address:
-        host_ip = next(network.hosts())
-    if host_ip == network.broadcast_address:
-        raise ValueError(f"{value!r}: {host_ip} is the broadcast address")
-    return host_ip, network
-
-
-# --- VirtualBox's API ---------------------------------------------------------------------------------
-
-
-def _api_version(api: str) -> tuple[int, ...]:
-    return tuple(int(n) for n in re.findall(r"\d+", api)[:2])
-
-
-def check_version(version: str, api: str) -> None:
-    found = _api_version(api)
-    if found < SUPPORTED_API:
-        raise VBoxUnavailable(f"VirtualBox {version} is too old: the virtualbox driver needs VirtualBox 6.1")
-    if found > SUPPORTED_API:
-        raise VBoxUnavailable(
-            f"VirtualBox {version} (API {api}) is not supported: pyvbox 2.1.1, the Python API this driver uses, "
-            "is generated for VirtualBox 6.1, and later versions renumbered machine states and changed methods; "
-            "install VirtualBox 6.1"
-        )
-
-
-def connect() -> tuple[Any, Any]:
-    """(the pyvbox module, an IVirtualBox) for this thread, or VBoxUnavailable saying what to install."""
-    try:
-        import virtualbox
-    except ImportError as err:
-        raise VBoxUnavailable(
-            f"pyvbox (the virtualbox package) is not installed ({err}): run `.venv/bin/pip install -r requirements.txt`"
-        ) from None
-    try:
-        manager = virtualbox.Manager()
-    except ImportError as err:
-        raise VBoxUnavailable(
-            f"VirtualBox's Python API (vboxapi) is not installed ({err}): " + INSTALL_HINT
-        ) from None
-    except Exception as err:  # noqa: BLE001 - vboxapi raises plain Exceptions (VBoxPython missing, no VBoxSVC)
-        raise VBoxUnavailable(f"VirtualBox's Python API could not reach VirtualBox ({err}): " + INSTALL_HINT) from None
-    # XPCOM needs every thread that calls into it attached; the provider runs methods on worker threads.
-    with contextlib.suppress(Exception):
-        manager.manager.initPerThread()
-    try:
-        vbox = virtualbox.VirtualBox(manager=manager)
-    except Exception as err:  # noqa: BLE001
-        raise VBoxUnavailable(f"VirtualBox's Python API could not reach VirtualBox ({err}): " + INSTALL_HINT) from None
-    return virtualbox, vbox
-
-
-def hostonly_conflict(vbox: Any, network: ipaddress.IPv4Network, host_ip: ipaddress.IPv4Address) -> str | None:
-    """Why ``network`` cannot be a host-only network here, or None (free, or a matching host-only interface)."""
-    lib = _library()
-    for iface in vbox.host.network_interfaces:
-        address = iface.ip_address
-        if not address or address == "0.0.0.0":
-            continue
-        try:
-            theirs = ipaddress.IPv4Interface(f"{address}/{iface.network_mask}")
-        except ValueError:
-            continue
-        if not theirs.network.overlaps(network):
-            continue
-        host_only = iface.interface_type == lib.HostNetworkInterfaceType.host_only
-        if host_only and theirs.ip == host_ip and theirs.network == network:
-            continue
-        kind = "host-only interface" if host_only else "host interface"
-        return (
-            f"host-only cidr conflicts with the network address of a host interface: {network} overlaps "
-            f"{kind} {iface.name} ({theirs.with_prefixlen}); choose another hostonly_cidr"
-        )
-    return None
-
-
-def _library() -> Any:
-    from virtualbox import library
-
-    return library
-
-
 def check_host(machines: list[MachineConfig]) -> None:
     """Program-time check (preview and up), before any resource exists: VirtualBox 6.1 and its Python API
     are installed and answer, and each machine's host-only CIDR does not collide with a host interface.
@@ -246,130 +149,24 @@ def check_host(machines: list[MachineConfig]) -> None:
             if conflict:
                 problems.append(f"machines[{machine.name}].options.hostonly_cidr: {conflict}")
     except VBoxUnavailable as err:
-        raise ConfigError(f"virtualbox driver: {err}") from None
+        raise ConfigError(f"machines[{machines[0].name}].driver: virtualbox: {err}") from None
     if problems:
         raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(problems))
-
-
-def wait(progress: Any, what: str) -> None:
-    progress.wait_for_completion(-1)
-    if progress.result_code != 0:
-        info = progress.error_info
-        text = info.text if info is not None else ""
-        raise RuntimeError(f"{what} failed: {text or hex(progress.result_code & 0xFFFFFFFF)}")
 
 
 def _pause(seconds: float) -> None:
     time.sleep(seconds)
 
 
-# --- images -------------------------------------------------------------------------------------------
-
-_image_lock = threading.Lock()
-
-
 def local_image(image: str) -> str:
-    """A local VMDK/VDI for ``image``: URLs are downloaded into the cache (the QEMU driver's helper) and
-    an OVA's first disk is extracted into the cache once."""
-    path = resolve_image({"image": image, "cmdline": ""})["disk"]
+    """A local VMDK/VDI for ``image``: URLs are downloaded into the cache once, and an OVA's first disk is
+    extracted into the cache once."""
+    path = download(image) if image.startswith(("http://", "https://")) else os.path.abspath(os.path.expanduser(image))
+    if not os.path.isfile(path):
+        raise RuntimeError(f"image {path} does not exist")
     if path.lower().endswith(".ova"):
         path = extract_ova_disk(path)
     return path
-
-
-def extract_ova_disk(ova: str) -> str:
-    stat = os.stat(ova)
-    key = hashlib.sha256(f"{ova}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    target_dir = os.path.join(cache_root(), "images", f"ova-{key}")
-    with tarfile.open(ova) as archive:
-        disks = [m for m in archive.getmembers() if m.isfile() and m.name.lower().endswith((".vmdk", ".vdi"))]
-        if not disks:
-            raise RuntimeError(f"{ova} contains no VMDK or VDI disk")
-        target = os.path.join(target_dir, os.path.basename(disks[0].name))
-        if not os.path.exists(target):
-            os.makedirs(target_dir, exist_ok=True)
-            partial = target + ".partial"
-            source = archive.extractfile(disks[0])
-            with source, open(partial, "wb") as out:
-                shutil.copyfileobj(source, out)
-            os.replace(partial, target)
-    return target
-
-
-def clone_disk(vbox: Any, image: str, target: str, size_mib: int) -> Any:
-    """Clone the cached image into the VM's own VDI (the image stays pristine) and grow it to ``size_mib``."""
-    lib = _library()
-    # Parallel creates share the opened image: open, clone and close it one at a time.
-    with _image_lock:
-        base = vbox.open_medium(image, lib.DeviceType.hard_disk, lib.AccessMode.read_only, False)
-        disk = None
-        try:
-            disk = vbox.create_medium("VDI", target, lib.AccessMode.read_write, lib.DeviceType.hard_disk)
-            wait(base.clone_to_base(disk, [lib.MediumVariant.standard]), f"cloning {image}")
-        except BaseException:
-            if disk is not None:
-                with contextlib.suppress(Exception):
-                    disk.close()
-            raise
-        finally:
-            with contextlib.suppress(lib.VBoxError):
-                base.close()
-    try:
-        wanted = int(size_mib) * 1024 * 1024
-        if disk.logical_size < wanted:
-            wait(disk.resize(wanted), f"resizing {target}")
-    except BaseException:
-        with contextlib.suppress(Exception):
-            wait(disk.delete_storage(), f"deleting {target}")
-        raise
-    return disk
-
-
-# --- host-only network ----------------------------------------------------------------------------------
-
-
-def ensure_hostonly(vbox: Any, cidr: str) -> str:
-    """The host-only interface carrying ``cidr`` (the host's address on it), created when missing."""
-    lib = _library()
-    host_ip, network = parse_hostonly_cidr(cidr)
-    netmask = str(network.netmask)
-    host = vbox.host
-    for iface in host.find_host_network_interfaces_of_type(lib.HostNetworkInterfaceType.host_only):
-        if iface.ip_address == str(host_ip) and iface.network_mask == netmask:
-            return iface.name
-    conflict = hostonly_conflict(vbox, network, host_ip)
-    if conflict:
-        raise RuntimeError(conflict)
-    iface, progress = host.create_host_only_network_interface()
-    wait(progress, "creating a host-only interface")
-    try:
-        iface.enable_static_ip_config(str(host_ip), netmask)
-    except lib.VBoxError as err:
-        with contextlib.suppress(lib.VBoxError):
-            wait(host.remove_host_only_network_interface(iface.id_p), f"removing {iface.name}")
-        hint = ""
-        if not network.subnet_of(HOSTONLY_ALLOWED):
-            hint = (
-                f" (VirtualBox >= 6.1.28 allows only {HOSTONLY_ALLOWED} unless /etc/vbox/networks.conf "
-                f"lists {network})"
-            )
-        raise RuntimeError(f"setting {host_ip}/{network.prefixlen} on {iface.name} failed: {err}{hint}") from None
-    return iface.name
-
-
-def dhcp_reserved(vbox: Any, iface: str) -> set[ipaddress.IPv4Address]:
-    """Addresses the host-only network's DHCP server hands out (its own and its range), if it has one."""
-    lib = _library()
-    try:
-        server = vbox.find_dhcp_server_by_network_name(f"HostInterfaceNetworking-{iface}")
-    except lib.VBoxErrorObjectNotFound:
-        return set()
-    if not server.enabled:
-        return set()
-    lower, upper = ipaddress.IPv4Address(server.lower_ip), ipaddress.IPv4Address(server.upper_ip)
-    reserved = {ipaddress.IPv4Address(server.ip_address)}
-    reserved.update(ipaddress.IPv4Address(n) for n in range(int(lower), int(upper) + 1))
-    return reserved
 
 
 def _lease_dir(network: ipaddress.IPv4Network) -> str:
@@ -377,7 +174,7 @@ def _lease_dir(network: ipaddress.IPv4Network) -> str:
 
 
 def lease_address(cidr: str, owner: str, wanted: str | None, reserved: set[ipaddress.IPv4Address]) -> str:
-    """Reserve a host-only address for ``owner`` (one file per address, created exclusively, shared by stacks)."""
+    """Reserve a host-only address for ``owner`` (shared by every stack on this host)."""
     host_ip, network = parse_hostonly_cidr(cidr)
     leases = _lease_dir(network)
     if wanted and ipaddress.IPv4Address(wanted) in reserved:
@@ -392,14 +189,7 @@ def lease_address(cidr: str, owner: str, wanted: str | None, reserved: set[ipadd
 
 
 def release_address(cidr: str, address: str | None, owner: str) -> None:
-    if not address:
-        return
-    path = os.path.join(_lease_dir(parse_hostonly_cidr(cidr)[1]), address)
-    with contextlib.suppress(OSError):
-        with open(path) as f:
-            if f.read().strip() != owner:
-                return
-        os.unlink(path)
+    release_lease(_lease_dir(parse_hostonly_cidr(cidr)[1]), address, owner)
 
 
 def macs(instance_dir: str) -> tuple[str, str]:
@@ -432,60 +222,6 @@ def network_config(nat_mac: str, hostonly_mac: str, address: str, cidr: str) -> 
 # --- the VM -------------------------------------------------------------------------------------------
 
 
-def state_name(state: Any) -> str:
-    """docker-machine's mapping: running, paused, saved; poweroff/aborted → stopped."""
-    s = _library().MachineState
-    named = {
-        int(s.running): "running",
-        int(s.paused): "paused",
-        int(s.saved): "saved",
-        int(s.powered_off): "stopped",
-        int(s.aborted): "stopped",
-        int(s.teleported): "stopped",
-        int(s.starting): "starting",
-        int(s.restoring): "starting",
-        int(s.stopping): "stopping",
-        int(s.saving): "stopping",
-        int(s.stuck): "error",
-    }
-    if int(state) in named:
-        return named[int(state)]
-    return "running" if s.first_online <= state <= s.last_online else "stopped"
-
-
-def is_online(state: Any) -> bool:
-    s = _library().MachineState
-    return s.first_online <= state <= s.last_online
-
-
-def find(vbox: Any, name_or_id: str) -> Any | None:
-    try:
-        return vbox.find_machine(name_or_id)
-    except _library().VBoxErrorObjectNotFound:
-        return None
-
-
-def launch(vb: Any, machine: Any, ui_type: str) -> None:
-    session = vb.Session()
-    progress = machine.launch_vm_process(session, ui_type, [])
-    try:
-        wait(progress, f"starting VM {machine.name}")
-    finally:
-        # A failed start leaves the session unlocked already; its error is the one to report.
-        with contextlib.suppress(_library().VBoxError):
-            session.unlock_machine()
-
-
-@contextlib.contextmanager
-def locked(vb: Any, machine: Any, lock: str) -> Iterator[Any]:
-    session = vb.Session()
-    machine.lock_machine(session, getattr(_library().LockType, lock))
-    try:
-        yield session
-    finally:
-        session.unlock_machine()
-
-
 def power_off(vb: Any, machine: Any) -> None:
     """Kill: VirtualBox's power off (docker-machine's `kill`)."""
     if not is_online(machine.state):
@@ -501,9 +237,7 @@ def acpi_stop(vb: Any, machine: Any, timeout: float) -> None:
     if machine.state == lib.MachineState.running:
         with locked(vb, machine, "shared") as session:
             session.console.power_button()
-        deadline = time.monotonic() + timeout
-        while is_online(machine.state) and time.monotonic() < deadline:
-            _pause(1)
+        settle(lambda: not is_online(machine.state), timeout, 1, sleep=lambda seconds: _pause(seconds))
     power_off(vb, machine)
     wait_unlocked(machine)
 
@@ -511,9 +245,7 @@ def acpi_stop(vb: Any, machine: Any, timeout: float) -> None:
 def wait_unlocked(machine: Any) -> None:
     """The VM process releases its lock a moment after the machine powers off."""
     unlocked = _library().SessionState.unlocked
-    deadline = time.monotonic() + UNLOCK_TIMEOUT
-    while machine.session_state != unlocked and time.monotonic() < deadline:
-        _pause(0.5)
+    settle(lambda: machine.session_state == unlocked, UNLOCK_TIMEOUT, sleep=lambda seconds: _pause(seconds))
 
 
 def destroy_vm(vb: Any, machine: Any) -> None:
@@ -628,12 +360,6 @@ def create_vm(props: dict[str, Any]) -> dict[str, Any]:
     return outs
 
 
-def _nic_type(option: str) -> Any:
-    lib = _library()
-    values = {label: value for label, value, _ in lib.NetworkAdapterType._enums}
-    return lib.NetworkAdapterType(values[NIC_TYPES[option]])
-
-
 def delete_vm(vm_id: str, props: dict[str, Any]) -> None:
     vb, vbox = connect()
     machine = find(vbox, vm_id) if vm_id else None
@@ -676,20 +402,24 @@ def update_vm(vm_id: str, olds: dict[str, Any], news: dict[str, Any], restart_on
             session.console.resume()
     elif state != "running":
         launch(vb, machine, news["ui_type"])
+        outs["boot"] = boot_token()
     return {**outs, "state": state_name(machine.state)}
 
 
-class VmProvider(ResourceProvider):
+class VmProvider(LocalVmProvider):
     # Inputs whose change needs a new VM; cpus/memory/ui_type only a power cycle.
     REPLACE_ON = (
         "name", "instance_dir", "image", "os_type", "disk", "ssh_user", "authorized_key", "hostonly_cidr",
         "hostonly_ip", "nat_nictype", "hostonly_nictype",
-    )
+    )  # fmt: skip
     RESTART_ON = ("cpus", "memory", "ui_type")
+
+    def power_matches(self, olds: dict[str, Any], power: str) -> bool:
+        return power_matches(olds.get("state"), power)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         outs = create_vm(props)
-        return CreateResult(outs["vm_id"], outs)
+        return CreateResult(outs["vm_id"], {**outs, "boot": boot_token()})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         _, vbox = connect()
@@ -698,14 +428,6 @@ class VmProvider(ResourceProvider):
             return ReadResult(None, {})
         return ReadResult(id_, {**props, "state": state_name(machine.state)})
 
-    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        replaces = [k for k in self.REPLACE_ON if olds.get(k) != news.get(k)]
-        restart = [k for k in self.RESTART_ON if olds.get(k) != news.get(k)]
-        power = not power_matches(olds.get("state"), news.get("power", "running"))
-        return DiffResult(
-            changes=bool(replaces or restart or power), replaces=replaces, delete_before_replace=True
-        )
-
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(update_vm(id_, olds, news, self.RESTART_ON))
 
@@ -713,59 +435,69 @@ class VmProvider(ResourceProvider):
         delete_vm(id_, props)
 
 
-class Vm(pulumi.dynamic.Resource, module="virtualbox", name="Vm"):
+class Vm(pulumi.dynamic.Resource, module=outputs.VIRTUALBOX_VM.module, name=outputs.VIRTUALBOX_VM.name):
     vm_id: pulumi.Output[str]
     ip: pulumi.Output[str]
     ssh_host: pulumi.Output[str]
     ssh_port: pulumi.Output[int]
     hostonly_interface: pulumi.Output[str]
     state: pulumi.Output[str]
+    boot: pulumi.Output[str]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
-        outputs = dict.fromkeys(
+        results = dict.fromkeys(
             ("vm_id", "ip", "ssh_host", "ssh_port", "hostonly_interface", "nat_mac", "hostonly_mac",
-             "image_resolved", "state")
+             "image_resolved", "state", "boot")
+        )  # fmt: skip
+        super().__init__(VmProvider(), name, {**props, **results}, opts)
+
+
+class VirtualBoxDriver(BaseDriver):
+    name = "virtualbox"
+    Options = Options
+    supports_power = True
+
+    def check_host(self, machines: Sequence[MachineConfig]) -> None:
+        check_host(list(machines))
+
+    def create_host(self, ctx: DriverContext) -> Host:
+        options: Options = ctx.options
+        cpus = options.cpus if options.cpus > 0 else min(os.cpu_count() or 1, 32)
+        instance_dir = os.path.join(ctx.state_dir, "virtualbox", ctx.machine.name)
+        vm = Vm(
+            f"{ctx.name}-vm",
+            {
+                "name": ctx.machine.name,
+                "instance_dir": instance_dir,
+                "image": options.image,
+                "os_type": options.os_type,
+                "cpus": cpus,
+                "memory": options.memory,
+                "disk": options.disk,
+                "ssh_user": options.ssh_user,
+                "authorized_key": ctx.ssh_key.public_key,
+                "hostonly_cidr": options.hostonly_cidr,
+                "hostonly_ip": options.hostonly_ip,
+                "nat_nictype": options.nat_nictype,
+                "hostonly_nictype": options.hostonly_nictype,
+                "ui_type": options.ui_type,
+                "power": ctx.machine.state,
+            },
+            opts=pulumi.ResourceOptions.merge(
+                ctx.opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="30m"))
+            ),
         )
-        super().__init__(VmProvider(), name, {**props, **outputs}, opts)
+        return Host(
+            ssh_host=vm.ssh_host,
+            ssh_port=vm.ssh_port,
+            ssh_user=options.ssh_user,
+            ssh_private_key=ctx.ssh_key.private_key,
+            address=vm.ip,
+            engine_port=ctx.machine.engine.port,
+            ready=vm,
+            boot=vm.boot,
+            details={"instanceDir": instance_dir},
+        )
 
 
-def create_host(name: str, machine: MachineConfig, ssh_key: Any, state_dir: str, opts: pulumi.ResourceOptions) -> Host:
-    try:
-        check_host([machine])
-    except ConfigError as err:
-        # One line from the CLI, no traceback (also when __main__.py has not called check_host already).
-        raise pulumi.RunError(str(err)) from None
-    options: Options = machine.options
-    cpus = options.cpus if options.cpus > 0 else min(os.cpu_count() or 1, 32)
-    vm = Vm(
-        f"{name}-vm",
-        {
-            "name": machine.name,
-            "instance_dir": os.path.join(state_dir, "virtualbox", machine.name),
-            "image": options.image,
-            "os_type": options.os_type,
-            "cpus": cpus,
-            "memory": options.memory,
-            "disk": options.disk,
-            "ssh_user": options.ssh_user,
-            "authorized_key": ssh_key.public_key,
-            "hostonly_cidr": options.hostonly_cidr,
-            "hostonly_ip": options.hostonly_ip,
-            "nat_nictype": options.nat_nictype,
-            "hostonly_nictype": options.hostonly_nictype,
-            "ui_type": options.ui_type,
-            "power": machine.state,
-        },
-        opts=pulumi.ResourceOptions.merge(
-            opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="30m"))
-        ),
-    )
-    return Host(
-        ssh_host=vm.ssh_host,
-        ssh_port=vm.ssh_port,
-        ssh_user=options.ssh_user,
-        ssh_private_key=ssh_key.private_key,
-        address=vm.ip,
-        engine_port=machine.engine.port,
-        ready=vm,
-    )
+DRIVER = VirtualBoxDriver()

@@ -1,7 +1,7 @@
-"""Live state of a machine, whatever its driver (docker-machine.md §1.4, §5: nothing cached).
+"""Live state of a machine, whatever its driver (docs/cli.md: nothing cached).
 
-1. Docker answers ``/_ping`` over mutual TLS with the stack's client certificate → ``Running`` (and
-   ``/version`` gives the DOCKER column);
+1. Docker answers ``/_ping`` then ``/version`` over mutual TLS with the stack's client certificate → ``Running``
+   (the DOCKER column; ``components.dockerapi.version``, the same probe ``up`` ends with);
 2. else the SSH port accepts a TCP connection → ``Running``, with the Docker error in ERRORS;
 3. else ``Stopped``; ``Timeout`` when the probe itself outlives the timeout (as docker-machine's ``ls``).
 """
@@ -9,8 +9,7 @@
 from __future__ import annotations
 
 import errno
-import http.client
-import json
+import os
 import socket
 import ssl
 import threading
@@ -18,35 +17,38 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .stacks import Machine
+from components import dockerapi, portforward
+
+from . import formats, ui, workspace
+from .errors import MachineError
+from .formats import LsItem
+from .machines import Machine
+
+TLS_CHECK_TIMEOUT = 20.0
+SSH_CHECK_TIMEOUT = 10.0
+_PROBE_ERRORS = (*dockerapi.API_ERRORS, dockerapi.ApiAnswer)
 
 _contexts: dict[tuple[str, str, str], ssl.SSLContext] = {}
 _contexts_lock = threading.Lock()
 
 
-def tls_context(ca_cert: str, client_cert: str, client_key: str) -> ssl.SSLContext:
-    from components.dockerapi import tls_context as make
-
-    key = (ca_cert, client_cert, client_key)
-    with _contexts_lock:
-        if key not in _contexts:
-            _contexts[key] = make(ca_cert, client_cert, client_key)
-        return _contexts[key]
-
-
-def docker_get(machine: Machine, path: str, timeout: float) -> tuple[int, bytes]:
-    """GET ``path`` from the machine's Docker API with the client certificate."""
-    from components.dockerapi import get
-
+def tls_context(machine: Machine) -> ssl.SSLContext:
     ca, cert, key = machine.tls
     if not (ca and cert and key and machine.url):
         raise ValueError("the stack outputs have no URL or client certificate for this machine")
-    try:
-        context = tls_context(ca, cert, key)
-    except ssl.SSLError as err:
-        raise ValueError(f"the stack's client certificate cannot be loaded: {err}") from None
+    with _contexts_lock:
+        if machine.tls not in _contexts:
+            try:
+                _contexts[machine.tls] = dockerapi.tls_context(ca, cert, key)
+            except ssl.SSLError as err:
+                raise ValueError(f"the stack's client certificate cannot be loaded: {err}") from None
+        return _contexts[machine.tls]
+
+
+def docker_version(machine: Machine, timeout: float) -> dict[str, Any]:
+    """The machine's ``/version`` after a ``/_ping``, with the client certificate."""
     host, port = machine.docker_host
-    return get(host, port, path, context, timeout=max(timeout, 0.1))
+    return dockerapi.version(host, port, tls_context(machine), timeout=max(timeout, 0.1))
 
 
 def is_cert_error(err: BaseException) -> bool:
@@ -78,14 +80,12 @@ class TlsCheckError(Exception):
         self.kind = kind  # cert | connect
 
 
-def check_tls(machine: Machine, timeout: float = 20) -> None:
+def check_tls(machine: Machine, timeout: float = TLS_CHECK_TIMEOUT) -> None:
     """docker-machine's ValidateCertificate: a TLS handshake (and a ping) with the client certificate."""
     try:
-        status, body = docker_get(machine, "/_ping", timeout)
-    except (OSError, ssl.SSLError, http.client.HTTPException, ValueError) as err:
+        docker_version(machine, timeout)
+    except _PROBE_ERRORS as err:
         raise TlsCheckError("cert" if is_cert_error(err) else "connect", describe(err)) from None
-    if status != 200:
-        raise TlsCheckError("connect", f"HTTP {status}: {body[:200].decode(errors='replace')}")
 
 
 def tcp_state(host: str, port: int, timeout: float) -> str:
@@ -98,9 +98,11 @@ def tcp_state(host: str, port: int, timeout: float) -> str:
     except TimeoutError:
         return "timeout"
     except OSError as err:
-        if err.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET):
-            return "refused"
         return "timeout" if err.errno == errno.ETIMEDOUT else "refused"
+
+
+def ssh_reachable(machine: Machine, timeout: float = SSH_CHECK_TIMEOUT) -> str:
+    return tcp_state(machine.ssh.host, machine.ssh.port, timeout)
 
 
 @dataclass
@@ -119,31 +121,21 @@ def probe(machine: Machine, timeout: float = 10) -> Probe:
     def left() -> float:
         return timeout - (time.monotonic() - start)
 
-    tls_error: BaseException | str
+    if not machine.url:
+        return Probe("Error", error="the stack outputs have no URL for this machine")
     try:
-        status, body = docker_get(machine, "/_ping", left())
-        if status == 200:
-            status, body = docker_get(machine, "/version", left())
-            if status == 200:
-                version = json.loads(body)
-                return Probe("Running", version.get("Version", ""), response_time=time.monotonic() - start, api=version)
-        tls_error = f"HTTP {status}: {body[:200].decode(errors='replace').strip()}"
-    except ValueError as err:
-        if not machine.url:
-            return Probe("Error", error=str(err), response_time=time.monotonic() - start)
-        tls_error = err
-    except (OSError, ssl.SSLError, http.client.HTTPException) as err:
-        tls_error = err
-    cert_error = isinstance(tls_error, BaseException) and is_cert_error(tls_error)
-    text = describe(tls_error) if isinstance(tls_error, BaseException) else tls_error
-    host, port = machine.docker_host if machine.url else ("", 0)
-    message = f"Unable to query docker version: Get https://{host}:{port}/version: {text}"
+        version = docker_version(machine, left())
+        return Probe("Running", version.get("Version", ""), response_time=time.monotonic() - start, api=version)
+    except _PROBE_ERRORS as err:
+        failure = err
+    host, port = machine.docker_host
+    message = f"Unable to query docker version: Get https://{host}:{port}/version: {describe(failure)}"
     if left() <= 0:
         return Probe("Timeout", response_time=timeout)
-    reach = tcp_state(machine.ssh.get("host", ""), machine.ssh.get("port", 22), left())
+    reach = tcp_state(machine.ssh.host, machine.ssh.port, left())
     elapsed = time.monotonic() - start
     if reach == "open":
-        return Probe("Running", "", message, cert_error, elapsed)
+        return Probe("Running", "", message, is_cert_error(failure), elapsed)
     if reach == "timeout" or left() <= 0:
         return Probe("Timeout", response_time=timeout)
     return Probe("Stopped", response_time=elapsed)
@@ -166,3 +158,101 @@ def probe_all(machines: list[Machine], timeout: float = 10) -> list[Probe]:
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
     return [r if r is not None else Probe("Timeout", response_time=timeout) for r in results]
+
+
+def forward_conflicts(machine: Machine) -> list[str]:
+    """Published ports the QEMU port forwarder could not forward, as the forwarder last reported them."""
+    instance_dir = machine.info.details.get("instanceDir")
+    if not instance_dir or not machine.info.details.get("publishes"):
+        return []
+    return list(portforward.read_report(instance_dir).get("conflicts", {}).values())
+
+
+def ls_items(machines: list[Machine], timeout: float) -> list[LsItem]:
+    docker_host = os.environ.get("DOCKER_HOST", "")
+    items = []
+    for machine, result in zip(machines, probe_all(machines, timeout), strict=True):
+        running = result.state == "Running"
+        version = "" if result.state in ("Timeout", "Error") else "Unknown"
+        if running and result.docker_version:
+            version = f"v{result.docker_version}"
+        errors = [result.error] if result.error else []
+        if running:
+            errors += forward_conflicts(machine)
+        items.append(
+            LsItem(
+                name=machine.name, stack=machine.stack, driver=machine.driver, state=result.state,
+                url=machine.url if running else "", docker_version=version, error="; ".join(errors),
+                active_host=running and machine.url == docker_host, response_time=result.response_time,
+            )
+        )  # fmt: skip
+    return items
+
+
+def labels(machines: list[Machine]) -> dict[tuple[str, str], tuple[str, ...]]:
+    """Each machine's engine labels, as configured (``ls --filter label=``)."""
+    found: dict[tuple[str, str], tuple[str, ...]] = {}
+    for stack in {m.stack for m in machines}:
+        try:
+            for entry in workspace.get().machines_config(stack):
+                if isinstance(entry, dict):
+                    raw = (entry.get("engine") or {}).get("labels") or []
+                    items = [f"{k}={v}" for k, v in raw.items()] if isinstance(raw, dict) else list(raw)
+                    found[(stack, entry.get("name", ""))] = tuple(items)
+        except MachineError as err:
+            ui.warn(f'stack "{stack}": {err}')
+    return found
+
+
+def require_docker(machine: Machine, prefix: str = "") -> None:
+    """The TLS check of ``env``/``config`` (docs/cli.md): one clear line per failure."""
+    try:
+        check_tls(machine)
+        return
+    except TlsCheckError as err:
+        if err.kind == "cert":
+            host, port = machine.docker_host
+            raise MachineError(
+                f"{prefix}Error checking and/or regenerating the certs: There was an error validating certificates "
+                f'for host "{host}:{port}": {err}\n'
+                f"You can attempt to regenerate them using '{ui.argv0()} regenerate-certs {machine.name}'.\n"
+                "Be advised that this will trigger a Docker daemon restart which might stop running containers."
+            ) from None
+        reach = ssh_reachable(machine)
+        if reach == "refused":
+            raise MachineError(f"{prefix}Host is not running") from None
+        if reach == "timeout":
+            raise MachineError(f'{prefix}Host "{machine.name}" is unreachable ({machine.ssh.host})') from None
+        raise MachineError(f"{prefix}Docker on {machine.url} does not answer: {err}") from None
+
+
+def remote_version(machine: Machine) -> str:
+    try:
+        return docker_version(machine, TLS_CHECK_TIMEOUT).get("Version", "")
+    except _PROBE_ERRORS as err:
+        error = describe(err)
+    if ssh_reachable(machine) == "refused":
+        raise MachineError(f'Host "{machine.name}" is not running')
+    raise MachineError(f"Unable to query docker version: {error}")
+
+
+def require_running(machines: list[Machine]) -> None:
+    for machine, result in zip(machines, probe_all(machines, 10), strict=True):
+        if result.state != "Running":
+            raise MachineError(f'Host "{machine.name}" is not running')
+
+
+def inspect_record(machine: Machine) -> dict[str, Any]:
+    """docker-machine's host record of the machine, with its forwarder's report where it has one."""
+    try:
+        entries = workspace.get().machines_config(machine.stack)
+    except MachineError as err:
+        ui.warn(str(err))
+        entries = []
+    entry = next((e for e in entries if isinstance(e, dict) and e.get("name") == machine.name), None)
+    info = machine.info.model_dump(by_alias=True)
+    record = formats.host_record(machine.name, machine.stack, info, entry, workspace.store_path())
+    instance_dir = machine.info.details.get("instanceDir")
+    if instance_dir and machine.info.details.get("publishes"):
+        record["Forwards"] = portforward.read_report(instance_dir)
+    return record

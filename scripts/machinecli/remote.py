@@ -11,7 +11,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .stacks import Machine, MachineError
+from components.provisioning import AS_ROOT
+
+from .errors import MachineError
+from .machines import Machine
 
 # docker-machine's baseSSHArgs (libmachine/ssh/client.go), plus IdentitiesOnly: only the stack's key.
 SSH_OPTIONS = [
@@ -55,10 +58,10 @@ def _host(host: str) -> str:
 
 def ssh_argv(machine: Machine, key_path: str, command: list[str], tty: bool = False) -> list[str]:
     ssh = machine.ssh
-    argv = ["ssh", *SSH_OPTIONS, "-i", key_path, "-p", str(ssh.get("port", 22))]
+    argv = ["ssh", *SSH_OPTIONS, "-i", key_path, "-p", str(ssh.port)]
     if tty:
         argv.append("-t")
-    argv.append(f"{ssh.get('user', 'root')}@{ssh.get('host', machine.ip)}")
+    argv.append(f"{ssh.user}@{ssh.host or machine.ip}")
     return argv + command
 
 
@@ -86,7 +89,7 @@ def scp_argv(
     source: ScpPath, target: ScpPath, machine: Machine, key_path: str, recursive: bool, quiet: bool
 ) -> list[str]:
     ssh = machine.ssh
-    argv = ["scp", *SSH_OPTIONS, "-i", key_path, "-P", str(ssh.get("port", 22))]
+    argv = ["scp", *SSH_OPTIONS, "-i", key_path, "-P", str(ssh.port)]
     if recursive:
         argv.append("-r")
     if quiet:
@@ -95,7 +98,7 @@ def scp_argv(
     def render(p: ScpPath) -> str:
         if p.machine is None:
             return p.path
-        return f"{p.user or ssh.get('user', 'root')}@{_host(ssh.get('host', machine.ip))}:{p.path}"
+        return f"{p.user or ssh.user}@{_host(ssh.host or machine.ip)}:{p.path}"
 
     return argv + [render(source), render(target)]
 
@@ -114,3 +117,10 @@ def run_attached(argv: list[str], runner: Callable[..., subprocess.CompletedProc
             raise MachineError(f"{argv[0]} is not installed (openssh-client)") from None
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def ssh_run(machine: Machine, script: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    """Run a script as root on the machine (on stdin, like provisioning); its output is captured."""
+    with key_files([machine]) as keys:
+        argv = ssh_argv(machine, keys[f"{machine.stack}/{machine.name}"], [AS_ROOT])
+        return subprocess.run(argv, input=script, capture_output=True, text=True, timeout=timeout)

@@ -179,3 +179,22 @@ def run_program(
 @pytest.fixture
 def program_runner():
     return run_program
+
+
+@pytest.fixture(autouse=True, scope="session")
+def cloud_plugins(tmp_path_factory):
+    """A PULUMI_HOME holding (empty) plugins at the versions the cloud SDKs pin: the drivers' preflight finds them.
+
+    The plugins never run: the program runs under mocks. tests/unit/test_plugins.py covers a missing plugin.
+    """
+    from components.drivers import base
+
+    home = tmp_path_factory.mktemp("pulumi-home")
+    for package in ("pulumi_aws", "pulumi_azure_native", "pulumi_digitalocean"):
+        name, version = base.plugin_of(package)
+        directory = home / "plugins" / f"resource-{name}-v{version}"
+        directory.mkdir(parents=True)
+        (directory / f"pulumi-resource-{name}").write_text("#!/bin/sh\nexit 1\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PULUMI_HOME", str(home))
+        yield home

@@ -10,20 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from scripts.machinecli import app as cli
-from scripts.machinecli import formats, probe, remote, stacks
-from scripts.machinecli.testing import (
-    DockerServer,
-    FakePulumi,
-    FakeStack,
-    Listener,
-    closed_port,
-    machine_info,
-    machine_resources,
-    make_pki,
-    stack_outputs,
-)
+from scripts.machinecli import formats, machines, power, probe, provision, remote, ui, workspace
+from scripts.machinecli.errors import MachineError
+from tests.fakes.docker import DockerServer, Listener, closed_port, machine_info, make_pki, stack_outputs
+from tests.fakes.workspace import FakeStack, FakeWorkspace, machine_resources
 
-KEY = f"{stacks.PROJECT}:machines"
+KEY = workspace.MACHINES_KEY
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +43,11 @@ def environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SHELL", "/bin/bash")
     for var in ("DOCKER_HOST", "MACHINE_STACK", "no_proxy", "NO_PROXY", "MACHINE_DRIVER"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(cli, "DOCKER_WAIT", 3.0)
+    monkeypatch.setattr(power, "DOCKER_WAIT", 3.0)
 
 
 def invoke(*args: str, input: str | None = None):
-    cli.ARGV = ["scripts/machine", *args]
+    ui.ARGV = ["scripts/machine", *args]
     return CliRunner().invoke(cli.app, list(args), input=input)
 
 
@@ -75,7 +67,7 @@ def world(monkeypatch, pki, docker, sshd):
         "web": machine_info("web", down, down),
     }
     cloud = {"far": machine_info("far", down, sshd.port, driver="generic")}
-    fake = FakePulumi(
+    fake = FakeWorkspace(
         FakeStack(
             "local",
             stack_outputs(pki, local),
@@ -105,7 +97,7 @@ def test_ls_probes_every_host(world, docker):
     assert rows["dev"].split() == ["dev", "-", "qemu", "Running", f"tcp://127.0.0.1:{docker.port}", "v24.0.7"]
     assert rows["web"].split() == ["web", "-", "qemu", "Stopped", "Unknown"]
     # SSH answers but Docker does not: Running, and why in ERRORS.
-    far_url = world.stacks["cloud"].outputs["machines"]["far"]["url"]
+    far_url = world.by_name["cloud"].outputs["machines"]["far"]["url"]
     assert rows["far"].split()[:6] == ["far", "-", "generic", "Running", far_url, "Unknown"]
     assert "Unable to query docker version: Get https://127.0.0.1:" in rows["far"]
     assert [line.split()[0] for line in lines[1:]] == ["dev", "far", "web"]
@@ -138,13 +130,13 @@ def test_status_is_live(world):
 def test_ls_reports_a_host_that_does_not_answer_in_time(world, monkeypatch, pki):
     hung = Listener()  # accepts TCP, never speaks TLS
     try:
-        world.stacks["cloud"].outputs["machines"]["far"] = machine_info("far", hung.port, hung.port, driver="generic")
-        machines = stacks.Registry().machines()
-        states = [p.state for p in probe.probe_all(machines, 0.3)]
-        assert dict(zip([m.name for m in machines], states, strict=True)) == {
+        world.by_name["cloud"].outputs["machines"]["far"] = machine_info("far", hung.port, hung.port, driver="generic")
+        found = machines.Registry().machines()
+        states = [p.state for p in probe.probe_all(found, 0.3)]
+        assert dict(zip([m.name for m in found], states, strict=True)) == {
             "dev": "Running", "web": "Stopped", "far": "Timeout"
         }  # fmt: skip
-        item = cli.ls_items([m for m in machines if m.name == "far"], 0.3)[0]
+        item = probe.ls_items([m for m in found if m.name == "far"], 0.3)[0]
         assert formats.ls_output([item]).splitlines()[1].split() == ["far", "generic", "Timeout"]
     finally:
         hung.close()
@@ -165,19 +157,19 @@ def test_ip_url_inspect_and_version(world, docker):
 def test_unknown_machine_and_default_machine(world):
     assert error_line(invoke("status", "nope")) == 'Error: Host does not exist: "nope"'
     assert error_line(invoke("env")) == 'Error: No machine name(s) specified and no "default" machine exists'
-    world.stacks["local"].outputs["machines"]["default"] = world.stacks["local"].outputs["machines"]["dev"]
+    world.by_name["local"].outputs["machines"]["default"] = world.by_name["local"].outputs["machines"]["dev"]
     assert invoke("status").stdout == "Running\n"
 
 
 def test_a_stack_that_cannot_be_read_is_named_when_a_machine_is_missing(world, monkeypatch):
-    real = world.run
+    real = world.outputs
 
-    def run(args, input=None):
-        if args[:2] == ["stack", "output"] and "cloud" in args:
-            return FakePulumi._err("incorrect passphrase")
-        return real(args, input)
+    def outputs(stack):
+        if stack == "cloud":
+            raise MachineError("incorrect passphrase")
+        return real(stack)
 
-    monkeypatch.setattr(stacks, "run_pulumi", run)
+    monkeypatch.setattr(world, "outputs", outputs)
     assert error_line(invoke("status", "far")) == (
         'Error: Host does not exist: "far" (unreadable: stack "cloud": incorrect passphrase)'
     )
@@ -189,7 +181,7 @@ def test_the_entry_point_runs_outside_the_repository_directory(tmp_path):
     import subprocess
     import sys
 
-    script = os.path.join(stacks.ROOT, "scripts", "machine.py")
+    script = os.path.join(workspace.ROOT, "scripts", "machine.py")
     result = subprocess.run(
         [sys.executable, script, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
         env={**os.environ, "DMP_ARGV0": "scripts/machine"},
@@ -201,9 +193,9 @@ def test_the_entry_point_runs_outside_the_repository_directory(tmp_path):
 
 
 def test_a_name_in_two_stacks_prefers_the_current_stack(world):
-    world.stacks["cloud"].outputs["machines"]["dev"] = world.stacks["cloud"].outputs["machines"]["far"]
+    world.by_name["cloud"].outputs["machines"]["dev"] = world.by_name["cloud"].outputs["machines"]["far"]
     assert invoke("inspect", "dev", "-f", "{{.Stack}}").stdout == "local\n"
-    world.stacks["local"].current = False
+    world.by_name["local"].current = False
     assert "choose one with --stack" in error_line(invoke("status", "dev"))
     assert invoke("inspect", "dev", "-f", "{{.Stack}}", "--stack", "cloud").stdout == "cloud\n"
 
@@ -250,9 +242,9 @@ def test_env_no_proxy_uses_the_machine_ip(world, monkeypatch):
 
 def test_env_on_a_certificate_mismatch_says_to_regenerate(world, monkeypatch):
     other = make_pki()  # the daemon presents a certificate from another CA
-    server = DockerServer(other, trusted_ca=world.stacks["local"].outputs["caCert"])
+    server = DockerServer(other, trusted_ca=world.by_name["local"].outputs["caCert"])
     try:
-        world.stacks["local"].outputs["machines"]["dev"] = machine_info("dev", server.port, closed_port())
+        world.by_name["local"].outputs["machines"]["dev"] = machine_info("dev", server.port, closed_port())
         result = invoke("env", "dev")
         assert result.exit_code == 1 and result.stdout == ""
         lines = result.stderr.splitlines()
@@ -354,7 +346,7 @@ def test_stop_sets_the_desired_state_and_runs_a_targeted_refreshed_up(world, mon
     assert world.machines_config("local")[0]["state"] == "stopped"
     (up,) = world.streams
     targets = [up[i + 1] for i, a in enumerate(up) if a == "--target"]
-    component = f"urn:pulumi:local::{stacks.PROJECT}::dockermachine:index:DockerMachine::dev"
+    component = f"urn:pulumi:local::{workspace.PROJECT}::dockermachine:index:DockerMachine::dev"
     assert targets[0] == component
     assert len(targets) == 9 and all("web" not in t for t in targets)  # the component and its 8 children
     assert {"--target-dependents", "--refresh", "--yes", "--skip-preview"} <= set(up)
@@ -380,10 +372,10 @@ def test_kill_is_stop(world, monkeypatch):
 
 def test_start_waits_for_docker_and_prints_the_hint(world, monkeypatch):
     _states(monkeypatch, web="Stopped")
-    world.stacks["local"].config[KEY][1]["state"] = "stopped"
+    world.by_name["local"].config[KEY][1]["state"] = "stopped"
     # The machine comes up at the address the stack outputs hold after the update.
-    live = dict(world.stacks["local"].outputs["machines"]["dev"], name="web")
-    world.on_stream = lambda args, fake: fake.stacks["local"].outputs["machines"].__setitem__("web", live)
+    live = dict(world.by_name["local"].outputs["machines"]["dev"], name="web")
+    world.on_stream = lambda args, fake: fake.by_name["local"].outputs["machines"].__setitem__("web", live)
     result = invoke("start", "web")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == [
@@ -396,7 +388,7 @@ def test_start_waits_for_docker_and_prints_the_hint(world, monkeypatch):
 
 def test_start_fails_when_docker_does_not_come_back(world, monkeypatch):
     _states(monkeypatch, web="Stopped")
-    monkeypatch.setattr(cli, "DOCKER_WAIT", 0.2)
+    monkeypatch.setattr(power, "DOCKER_WAIT", 0.2)
     assert 'Docker on "web" did not answer within' in error_line(invoke("start", "web"))
 
 
@@ -411,9 +403,9 @@ def test_restart_stops_then_starts(world, monkeypatch):
 def test_restart_of_a_generic_host_reboots_it_over_ssh(world, monkeypatch):
     _states(monkeypatch)
     scripts = []
-    monkeypatch.setattr(cli, "ssh_run", lambda m, script, timeout=0: scripts.append((m.name, script)))
-    monkeypatch.setattr(cli, "ssh_reachable", lambda m, timeout=0: "open" if not scripts else "refused")
-    monkeypatch.setattr(cli, "wait_for_docker", lambda machines: None)
+    monkeypatch.setattr(remote, "ssh_run", lambda m, script, timeout=0: scripts.append((m.name, script)))
+    monkeypatch.setattr(probe, "ssh_reachable", lambda m, timeout=0: "open" if not scripts else "refused")
+    monkeypatch.setattr(power, "wait_for_docker", lambda machines: None)
     assert invoke("restart", "far").exit_code == 0
     assert scripts[0][0] == "far" and "reboot" in scripts[0][1]
     assert world.streams == []
@@ -441,10 +433,10 @@ def test_regenerate_certs_prompts_like_docker_machine(world, monkeypatch):
 
 def test_regenerate_client_certs_rotates_the_ca_for_the_whole_stack(world, monkeypatch):
     _states(monkeypatch)
-    monkeypatch.setattr(cli, "refresh_local_material", lambda stack_name, stack: None)
+    monkeypatch.setattr(provision, "refresh_local_material", lambda stack_name: None)
     result = invoke("regenerate-certs", "-f", "--client-certs", "dev")
     assert result.stdout == "Regenerating TLS certificates\nRegenerating local certificates\n"
-    assert world.stacks["local"].config[f"{stacks.PROJECT}:ca_rotation"]
+    assert world.by_name["local"].config[f"{workspace.PROJECT}:ca_rotation"]
     assert "--target" not in world.streams[0]  # a new CA means new certificates for every machine
 
 
@@ -474,7 +466,7 @@ def test_upgrade_runs_the_package_upgrade_over_ssh(world, monkeypatch):
     class Done:
         returncode, stdout, stderr = 0, "", ""
 
-    monkeypatch.setattr(cli, "ssh_run", lambda m, script, timeout=0: scripts.append(script) or Done())
+    monkeypatch.setattr(remote, "ssh_run", lambda m, script, timeout=0: scripts.append(script) or Done())
     result = invoke("upgrade", "dev")
     assert result.exit_code == 0, result.stderr
     assert "--only-upgrade" in scripts[0] and "systemctl restart docker" in scripts[0]
@@ -551,13 +543,13 @@ def test_rm_prompts_and_removes_one_machine(world):
 def test_rm_of_the_last_machine_destroys_the_stack(world):
     assert invoke("rm", "-y", "far").exit_code == 0
     assert world.streams[0][0] == "destroy"
-    assert KEY not in world.stacks["cloud"].config
+    assert KEY not in world.by_name["cloud"].config
 
 
 def test_rm_failure_restores_the_config_unless_forced(world, tmp_path, monkeypatch):
     config_file = tmp_path / "Pulumi.local.yaml"
     config_file.write_text("config: {}\n# as it was\n")
-    monkeypatch.setattr(stacks, "config_file", lambda stack: str(config_file))
+    monkeypatch.setattr(workspace, "config_file", lambda stack: str(config_file))
     world.fail_stream = "up"
     result = invoke("rm", "-y", "web")
     assert result.exit_code == 1 and 'Error removing host "web": pulumi up failed' in result.stderr
@@ -567,7 +559,7 @@ def test_rm_failure_restores_the_config_unless_forced(world, tmp_path, monkeypat
     result = invoke("rm", "-f", "web")
     assert result.exit_code == 0 and "Successfully removed web" in result.stdout
     assert config_file.read_text() == "changed\n"
-    assert not any(r["urn"].endswith("::web") for r in world.stacks["local"].resources)  # forgotten
+    assert not any(r["urn"].endswith("::web") for r in world.by_name["local"].resources)  # forgotten
 
 
 def test_rm_needs_a_name(world):
@@ -596,17 +588,35 @@ def test_context_creates_then_updates(world, monkeypatch, tmp_path, docker):
 # --- the pulumi plumbing ---------------------------------------------------------------------------------
 
 
-def test_diagnostics_are_extracted_from_pulumi_output():
-    lines = ["Updating (local):", "Diagnostics:", "  pulumi:pulumi:Stack (x):", "    error: boom", "", "Resources:"]
-    assert stacks.diagnostics(lines) == "  pulumi:pulumi:Stack (x):\n    error: boom"
-    assert stacks.diagnostics(["a", "", "b"]) == "a\nb"
+def test_a_failed_operation_reports_the_engines_error_events(monkeypatch):
+    """The errors come from the engine's diagnostic events (the Automation API's on_event), not from its text."""
+    from pulumi import automation as auto
+    from pulumi.automation._cmd import CommandResult
+    from pulumi.automation.events import DiagnosticEvent, EngineEvent
+
+    def event(message: str, severity: str) -> EngineEvent:
+        return EngineEvent(sequence=1, timestamp=0, diagnostic_event=DiagnosticEvent(message, "", severity))
+
+    def failing_up(stack, on_output, on_event):
+        on_output("Updating (local):")
+        for message, severity in [("machine dev: vm: qemu failed to start\n", "error"), ("note", "info"),
+                                  ("update failed", "error")]:  # fmt: skip
+            on_event(event(message, severity))
+        raise auto.errors.CommandError(CommandResult("", "error: update failed", 255))
+
+    ws = workspace.Workspace()
+    monkeypatch.setattr(ws, "_stack", lambda name: name)
+    monkeypatch.setattr(ws, "locks", lambda stack: [])
+    with pytest.raises(MachineError) as info:
+        ws._operation("local", "up", "Starting dev", failing_up)
+    assert str(info.value) == "pulumi up failed:\nmachine dev: vm: qemu failed to start"
 
 
 def test_machine_resources_walks_the_tree():
     resources = machine_resources("s", "dev") + machine_resources("s", "dev2")
-    found = stacks.machine_resources("s", "dev", resources)
+    found = machines.machine_resources("s", "dev", resources)
     assert found.component.endswith("::dev") and len(found.descendants) == 8
     assert all(r["urn"].rsplit("::", 1)[-1].startswith("dev-") for r in found.descendants)
     assert not any("dev2" in u for u in found.urns)
-    new = stacks.machine_resources("s", "box", resources)
-    assert new.urns == [f"urn:pulumi:s::{stacks.PROJECT}::dockermachine:index:DockerMachine::box"]
+    new = machines.machine_resources("s", "box", resources)
+    assert new.urns == [f"urn:pulumi:s::{workspace.PROJECT}::dockermachine:index:DockerMachine::box"]

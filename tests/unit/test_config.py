@@ -7,7 +7,7 @@ import re
 import pulumi
 import pytest
 
-from components import config, drivers
+from components import config, drivers, model
 from components.config import ConfigError
 from components.drivers import qemu
 from tests.unit.conftest import Program, run_program
@@ -37,7 +37,7 @@ def test_unknown_driver_lists_the_allowed_drivers():
 
 @pytest.mark.parametrize("name", ["-bad", "under_score", "has space", ".dot-first", "a/b", "émoji"])
 def test_machine_name_follows_docker_machines_rule(name):
-    assert not re.match(config.MACHINE_NAME_PATTERN, name)  # the spec's rule rejects it
+    assert not re.match(model.MACHINE_NAME_PATTERN, name)  # the spec's rule rejects it
     message = error_of([{"name": name}])
     assert f"machines[{name}].name" in message
     assert repr(name) in message

@@ -18,6 +18,7 @@ CERT_T = "pulumi-python:dynamic/tls:ServerCertificate"
 CMD_T = "pulumi-python:dynamic/remote:Command"
 CHECK_T = "pulumi-python:dynamic/docker:ApiCheck"
 CONTEXT_T = "pulumi-python:dynamic/docker:Context"
+FORWARDER_T = "pulumi-python:dynamic/qemu:PortForwarder"
 COMPONENT_T = "dockermachine:index:DockerMachine"
 STAGES = ("wait-for-ssh", "install-docker", "tls", "daemon-config")
 
@@ -105,6 +106,8 @@ def test_one_machine_registers_exactly_these_resources(one):
             (CMD_T, "default-daemon-config"),
             (CHECK_T, "default-docker-check"),
             (CONTEXT_T, "default-docker-context"),
+            # Published container ports of a user-mode QEMU VM reach the host through it (issue 11).
+            (FORWARDER_T, "default-port-forwarder"),
         ]
     )
 

@@ -39,7 +39,7 @@ def pairs(argv: list[str], flag: str) -> list[str]:
 class Sandbox:
     """A PATH with selected real tools and logging stubs; paths in scripts rewritten under ``root``."""
 
-    BASE_TOOLS = ("cat", "mkdir", "mv", "chmod", "rm", "rmdir", "grep", "seq", "mktemp", "true")
+    BASE_TOOLS = ("cat", "mkdir", "mv", "chmod", "rm", "rmdir", "grep", "seq", "mktemp", "true", "sed", "awk", "head")
 
     def __init__(self, tmp_path):
         self.root = tmp_path / "root"

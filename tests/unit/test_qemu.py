@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from components import seed
-from components.drivers import qemu
+from components.drivers import _bridge, qemu
 
 # --- detect_accel ------------------------------------------------------------------------------------------
 
@@ -177,7 +177,7 @@ def test_bridge_mode_command_uses_a_tap():
 
 
 def test_network_config_is_a_v2_config():
-    text = qemu.network_config("52:54:00:12:34:56", "192.168.124.10", "192.168.124.0/24", "192.168.124.1")
+    text = _bridge.network_config("52:54:00:12:34:56", "192.168.124.10", "192.168.124.0/24", "192.168.124.1")
     config = yaml.safe_load(text)
     assert config == json.loads(text)
     assert config["version"] == 2
@@ -193,7 +193,7 @@ def test_network_config_is_a_v2_config():
 
 
 def test_network_config_prefix_follows_the_cidr():
-    config = json.loads(qemu.network_config("52:54:00:00:00:01", "10.20.0.30", "10.20.0.0/16", "10.20.0.1"))
+    config = json.loads(_bridge.network_config("52:54:00:00:00:01", "10.20.0.30", "10.20.0.0/16", "10.20.0.1"))
     (eth,) = config["ethernets"].values()
     assert eth["addresses"] == ["10.20.0.30/16"]
 
@@ -208,6 +208,12 @@ VM_INPUTS = {
     "bridge_cidr": "192.168.124.0/24", "address": None, "engine_port": 2376,
 }  # fmt: skip
 VM_STATE = {**VM_INPUTS, "ip": "127.0.0.1", "ssh_port": 40022, "engine_host_port": 42376, "state": "running", "pid": 7}
+
+@pytest.fixture(autouse=True)
+def vm_process_alive(monkeypatch):
+    """The VM of VM_STATE runs: its qemu pid is alive (the diff checks it)."""
+    monkeypatch.setattr(qemu, "pid_alive", lambda pid: True)
+
 
 REPLACE_CHANGES = {
     "name": "other", "instance_dir": "/state/qemu/other", "image": "debian-12", "kernel": "/k", "initrd": "/i",
@@ -274,23 +280,23 @@ def state(tmp_path, monkeypatch):
 
 def test_lease_addresses(state):
     cidr = "192.168.124.0/24"
-    a = qemu.lease_address("dmbr0", cidr, "/inst/a", None)
-    b = qemu.lease_address("dmbr0", cidr, "/inst/b", None)
+    a = _bridge.lease_address("dmbr0", cidr, "/inst/a", None)
+    b = _bridge.lease_address("dmbr0", cidr, "/inst/b", None)
     assert a != b
     for address in (a, b):
         assert ipaddress.ip_address(address) in ipaddress.ip_network(cidr)
         assert address != "192.168.124.1"  # the host's address on the bridge
-    assert qemu.lease_address("dmbr0", cidr, "/inst/a", None) == a  # re-leasing is idempotent
+    assert _bridge.lease_address("dmbr0", cidr, "/inst/a", None) == a  # re-leasing is idempotent
     with pytest.raises(RuntimeError, match="already used"):
-        qemu.lease_address("dmbr0", cidr, "/inst/c", b)
-    qemu.release_address("dmbr0", b)
-    assert qemu.lease_address("dmbr0", cidr, "/inst/c", b) == b
+        _bridge.lease_address("dmbr0", cidr, "/inst/c", b)
+    _bridge.release_address("dmbr0", b)
+    assert _bridge.lease_address("dmbr0", cidr, "/inst/c", b) == b
 
 
 def test_lease_in_the_smallest_allowed_cidr(state):
     cidr = "192.168.50.0/29"
     qemu.Options(network="bridge", bridge_cidr=cidr)  # accepted by the config
-    address = qemu.lease_address("dmbr9", cidr, "/inst/a", None)
+    address = _bridge.lease_address("dmbr9", cidr, "/inst/a", None)
     assert ipaddress.ip_address(address) in ipaddress.ip_network(cidr)
     assert address != "192.168.50.1"
 
@@ -357,7 +363,7 @@ def test_seed_iso_is_a_nocloud_volume():
 
 
 def test_seed_iso_with_network_config():
-    network = qemu.network_config("52:54:00:00:00:01", "192.168.124.10", "192.168.124.0/24", "192.168.124.1")
+    network = _bridge.network_config("52:54:00:00:00:01", "192.168.124.10", "192.168.124.0/24", "192.168.124.1")
     iso = read_iso(seed.build_iso({**SEED_FILES, "network-config": network}))
     try:
         assert iso_file(iso, rr_path="/network-config") == network

@@ -1,0 +1,186 @@
+"""The stack configuration's models: strict, frozen, and free of any driver (drivers import this, not the reverse).
+
+Stack config (``stacks/Pulumi.<stack>.yaml``)::
+
+    docker-machine:machines:
+      - name: default
+        driver: qemu
+        options: {cpus: 2, memory: 2048}
+        engine: {install: packages, labels: [env=dev]}
+        tls_san: [docker.example.test]
+
+Strict means what the YAML says is what is used: ``true`` is not a number, ``"2"`` is not an integer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from components import dockerd
+
+# docker-machine's rule (libmachine/host.ValidateHostName).
+MACHINE_NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9\-\.]*$"
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+DNS_NAME_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
+URL_RE = re.compile(r"^https?://[^\s]+$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class ConfigError(ValueError):
+    """A stack configuration error, worded for the user: one line per problem, each naming its field."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, str_max_length=16384)
+    # Fields that may span lines (keys); they are never put into scripts or unit files.
+    MULTILINE: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_control_characters(cls, value: Any, info: ValidationInfo) -> Any:
+        """Values end up in shell scripts and one-line systemd directives: no newlines or other controls."""
+        if info.field_name in cls.MULTILINE:
+            return value
+        strings = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        for item in strings:
+            if isinstance(item, str) and _CONTROL_RE.search(item):
+                raise ValueError(f"{item[:60]!r} contains a control character (e.g. a newline), which is not allowed")
+        return value
+
+
+def address_or_dns_name(value: str, *, wildcard: bool = True) -> str:
+    """An IP address or a DNS name; a name of digits only (``999.1.1.1``) is a bad IP address, not a name."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9.]+", value) or value.rsplit(".", 1)[-1].isdigit():
+        raise ValueError(f"{value!r} is not a valid IP address (and a DNS name cannot end in a number)")
+    if not DNS_NAME_RE.match(value) or len(value) > 253 or (value.startswith("*") and not wildcard):
+        raise ValueError(f"{value!r} is neither an IP address nor a DNS name")
+    return value
+
+
+def _key_value_list(value: Any, what: str) -> list[str]:
+    """Accept docker-machine's repeated ``k=v`` flags as a list, or a mapping of strings."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        pairs = []
+        for k, v in value.items():
+            if not isinstance(v, str):
+                raise ValueError(f"{what} {k!r}: the value must be a string (quote it in YAML), got {v!r}")
+            pairs.append(f"{k}={v}")
+        value = pairs
+    if isinstance(value, list):
+        for item in value:
+            if not isinstance(item, str) or "=" not in item or item.startswith("="):
+                raise ValueError(f"each {what} must look like key=value, got {item!r}")
+        return list(value)
+    raise ValueError(f"{what}s must be a list of key=value strings or a mapping")
+
+
+class EngineOptions(StrictModel):
+    """docker-machine's --engine-* flags."""
+
+    install: Literal["script", "packages", "none"] = Field(
+        "script",
+        description="script: download install_url and run it (docker-machine); packages: the distribution's "
+        "packages; none: require Docker to be there.",
+    )
+    install_url: str = "https://get.docker.com"
+    port: int = Field(2376, ge=1, le=65535)
+    storage_driver: str = Field("overlay2", pattern=r"^[a-z0-9-]+$")
+    labels: list[str] = []
+    insecure_registries: list[str] = []
+    registry_mirrors: list[str] = []
+    opts: list[str] = Field([], description="flag=value → dockerd --flag=value (or a bare switch)")
+    env: list[str] = []
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, v: Any) -> list[str]:
+        return _key_value_list(v, "label")
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, v: Any) -> list[str]:
+        items = _key_value_list(v, "env entry")
+        for item in items:
+            if not _ENV_NAME_RE.match(item.split("=", 1)[0]):
+                raise ValueError(f"{item.split('=', 1)[0]!r} is not a valid environment variable name")
+        return items
+
+    @field_validator("opts", mode="before")
+    @classmethod
+    def _opts(cls, v: Any) -> list[str]:
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, dict):
+            v = [k if val is None or val is True else f"{k}={val}" for k, val in v.items()]
+        if not isinstance(v, list):
+            raise ValueError("must be a list of flag=value strings")
+        for item in v:
+            if not isinstance(item, str):
+                raise ValueError(f"engine opt {item!r} must be a string such as log-level=debug")
+        return [dockerd.check_opt(item) for item in v]
+
+    @field_validator("install_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not URL_RE.match(v):
+            raise ValueError("must be an http(s) URL")
+        return v
+
+    @field_validator("registry_mirrors")
+    @classmethod
+    def _mirrors(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not URL_RE.match(item):
+                raise ValueError(f"registry mirror {item!r} must be an http(s) URL")
+        return v
+
+    @field_validator("insecure_registries")
+    @classmethod
+    def _insecure(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if "/" in item:  # a CIDR such as 10.0.0.0/8
+                try:
+                    ipaddress.ip_network(item, strict=True)
+                except ValueError as err:
+                    raise ValueError(f"insecure registry {item!r} is not a valid CIDR ({err})") from None
+            elif not re.match(r"^[A-Za-z0-9.\-\[\]:]+$", item):
+                raise ValueError(f"insecure registry {item!r} must be host[:port] or a CIDR")
+        return v
+
+
+class MachineConfig(StrictModel):
+    name: str = Field(pattern=MACHINE_NAME_PATTERN, max_length=63)
+    driver: str = Field("qemu", pattern=r"^[a-z][a-z0-9_]*$")
+    options: Any = Field(None, description="driver options, validated by the driver's Options model")
+    engine: EngineOptions = EngineOptions()
+    tls_san: list[str] = []
+    state: Literal["running", "stopped"] = Field(
+        "running", description="desired power state (scripts/machine start/stop), for drivers that support it"
+    )
+    # Changing it issues a new server certificate (scripts/machine regenerate-certs).
+    tls_rotation: str = ""
+    # `up` makes/updates a docker context named after the machine where docker is on PATH (opt out: false).
+    docker_context: bool = True
+
+    @field_validator("tls_san")
+    @classmethod
+    def _sans(cls, v: list[str]) -> list[str]:
+        return [address_or_dns_name(san) for san in v]
+
+
+class StackConfig(StrictModel):
+    machines: list[MachineConfig] = Field(min_length=1)
+    # Changing it replaces the stack's CA and client certificate (regenerate-certs --client-certs).
+    ca_rotation: str = ""

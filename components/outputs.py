@@ -1,0 +1,135 @@
+"""The contract between the program and everything that reads a stack: outputs, type tokens, client cert files.
+
+``__main__.py`` exports ``StackOutputs`` (through each ``DockerMachine``'s ``MachineOutputs``); ``scripts/machine``,
+other projects (through a StackReference) and the tests read them back with the same models. The shapes are
+documented in docs/outputs.md.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class DynamicType(NamedTuple):
+    """A Python dynamic resource's type: ``pulumi-python:dynamic/<module>:<name>``."""
+
+    module: str
+    name: str
+
+    @property
+    def token(self) -> str:
+        return f"pulumi-python:dynamic/{self.module}:{self.name}"
+
+
+COMPONENT = "dockermachine:index:DockerMachine"
+REMOTE_COMMAND = DynamicType("remote", "Command")
+API_CHECK = DynamicType("docker", "ApiCheck")
+DOCKER_CONTEXT = DynamicType("docker", "Context")
+CERTIFICATE_AUTHORITY = DynamicType("tls", "CertificateAuthority")
+SERVER_CERTIFICATE = DynamicType("tls", "ServerCertificate")
+SSH_KEY = DynamicType("tls", "SshKey")
+QEMU_VM = DynamicType("qemu", "Vm")
+VIRTUALBOX_VM = DynamicType("virtualbox", "Vm")
+PORT_FORWARDER = DynamicType("qemu", "PortForwarder")
+
+
+class _Model(BaseModel):
+    # camelCase on the wire (stack outputs are read by other languages' projects too); extra keys are tolerated so an
+    # older CLI can read a newer stack.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+
+class SshEndpoint(_Model):
+    host: str = ""
+    port: int = 22
+    user: str = "root"
+
+
+class MachineOutputs(_Model):
+    """``machines.<name>``: one machine, as docker-machine's ``inspect``/``env`` need it."""
+
+    name: str
+    driver: str
+    ip: str = ""
+    port: int = 0
+    url: str = ""
+    # docker-machine env's four variables.
+    env: dict[str, str] = {}
+    ssh: SshEndpoint = SshEndpoint()
+    docker_version: str = ""
+    server_cert_serial: str = ""
+    # Driver facts (e.g. a local VM's instance directory, where its port forwarder reports conflicts).
+    details: dict[str, Any] = {}
+
+    @property
+    def docker_host(self) -> tuple[str, int]:
+        host, _, port = self.url.removeprefix("tcp://").rpartition(":")
+        return host.strip("[]"), int(port or 0)
+
+
+class StackOutputs(_Model):
+    """Every output of a stack of this project. Keys, certificates and SSH keys are secrets."""
+
+    ca_cert: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+    machines: dict[str, MachineOutputs] = {}
+    ssh_private_keys: dict[str, str] = Field({}, description="per machine, the private key that logs in")
+
+
+# The top-level output names, from the model (caCert, clientCert, clientKey, machines, sshPrivateKeys).
+OUTPUT_NAMES = {name: field.alias for name, field in StackOutputs.model_fields.items()}
+
+
+# --- the client's certificate files (docker-machine's DOCKER_CERT_PATH) ------------------------------------------
+
+CERT_FILES = {"ca.pem": 0o644, "cert.pem": 0o644, "key.pem": 0o600}
+
+
+def store_path() -> str:
+    """docker-machine's storage path, ``~/.docker/machine``."""
+    return os.path.join(os.path.expanduser("~"), ".docker", "machine")
+
+
+def cert_path(machine_name: str) -> str:
+    """docker-machine's DOCKER_CERT_PATH for a machine: ``~/.docker/machine/machines/<name>``."""
+    return os.path.join(store_path(), "machines", machine_name)
+
+
+def docker_env(machine_name: str, url: str) -> dict[str, str]:
+    """The variables ``scripts/machine env`` prints, in docker-machine's order."""
+    return {
+        "DOCKER_TLS_VERIFY": "1",
+        "DOCKER_HOST": url,
+        "DOCKER_CERT_PATH": cert_path(machine_name),
+        "DOCKER_MACHINE_NAME": machine_name,
+    }
+
+
+def write_client_certs(directory: str, ca_cert: str, client_cert: str, client_key: str) -> None:
+    """ca.pem, cert.pem and key.pem (0600) in a 0700 directory, each replaced atomically."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    contents = {"ca.pem": ca_cert, "cert.pem": client_cert, "key.pem": client_key}
+    for filename, mode in CERT_FILES.items():
+        path = os.path.join(directory, filename)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
+            f.write(contents[filename])
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+
+
+def remove_client_certs(directory: str) -> None:
+    for filename in CERT_FILES:
+        try:
+            os.unlink(os.path.join(directory, filename))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass
