@@ -13,7 +13,9 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
 from components import outputs, wait
+from components.dynamic import DynamicResource, inputs_of
 from components.errors import StepError
+from components.tls import ClientTls
 
 # What a failed connection to the API can raise.
 API_ERRORS = (OSError, ssl.SSLError, http.client.HTTPException, ValueError)
@@ -101,16 +103,14 @@ class _CheckProvider(ResourceProvider):
         return UpdateResult(self._check(news, olds))
 
 
-class DockerApiCheck(pulumi.dynamic.Resource, module=outputs.API_CHECK.module, name=outputs.API_CHECK.name):
+class DockerApiCheck(DynamicResource, module=outputs.API_CHECK.module, name=outputs.API_CHECK.name):
     """Proves the daemon answers /_ping and /version over mutual TLS with the client certificate.
 
     ``configuration`` is a digest of what was provisioned and ``boot`` changes whenever the host booted again: when
     either changes the check runs again, as it does when the machine is started again (``running``). A no-op ``up``
     on a healthy machine contacts nothing; while stopped nothing is contacted either.
     """
-
-    server_version: pulumi.Output[str]
-    api_version: pulumi.Output[str]
+    OUTPUTS = ("server_version", "api_version", "os", "arch")
 
     def __init__(
         self,
@@ -119,29 +119,13 @@ class DockerApiCheck(pulumi.dynamic.Resource, module=outputs.API_CHECK.module, n
         machine: str,
         host: pulumi.Input[str],
         port: pulumi.Input[int],
-        ca_cert: pulumi.Input[str],
-        client_cert: pulumi.Input[str],
-        client_key: pulumi.Input[str],
+        client: ClientTls,
         configuration: pulumi.Input[str],
         boot: pulumi.Input[str] = "",
         running: bool = True,
         timeout: float = 300,
         opts: pulumi.ResourceOptions | None = None,
     ):
-        props = {
-            "machine": machine,
-            "host": host,
-            "port": port,
-            "ca_cert": ca_cert,
-            "client_cert": client_cert,
-            "client_key": client_key,
-            "configuration": configuration,
-            "boot": boot,
-            "running": running,
-            "timeout": timeout,
-            "server_version": None,
-            "api_version": None,
-            "os": None,
-            "arch": None,
-        }
-        super().__init__(_CheckProvider(), name, props, opts)
+        inputs = {**inputs_of(locals()), **client.inputs()}
+        del inputs["client"]
+        super().__init__(_CheckProvider(), name, inputs, opts)

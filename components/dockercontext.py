@@ -25,6 +25,8 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
 from components import outputs
+from components.dynamic import DynamicResource
+from components.tls import ClientTls
 
 DESCRIPTION = "docker-machine-pulumi: machine {machine}"
 _CONTEXT_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.+-]+$")
@@ -138,32 +140,19 @@ class _ContextProvider(ResourceProvider):
         outputs.remove_client_certs(outputs.cert_path(props["machine_name"]))
 
 
-class DockerContext(pulumi.dynamic.Resource, module=outputs.DOCKER_CONTEXT.module, name=outputs.DOCKER_CONTEXT.name):
+class DockerContext(DynamicResource, module=outputs.DOCKER_CONTEXT.module, name=outputs.DOCKER_CONTEXT.name):
     """``docker context <machine>`` on the host running ``up`` (nothing, with a ``note``, without docker)."""
 
-    context_name: pulumi.Output[str]
-    managed: pulumi.Output[bool]
-    note: pulumi.Output[str]
+    SECRET_OUTPUTS = ("client_key",)
+    OUTPUTS = ("context_name", "managed", "note")
 
     def __init__(
         self,
         name: str,
         machine_name: pulumi.Input[str],
         url: pulumi.Input[str],
-        ca_cert: pulumi.Input[str],
-        client_cert: pulumi.Input[str],
-        client_key: pulumi.Input[str],
+        client: ClientTls,
         opts: pulumi.ResourceOptions | None = None,
     ):
-        props = {
-            "machine_name": machine_name,
-            "url": url,
-            "ca_cert": ca_cert,
-            "client_cert": client_cert,
-            "client_key": pulumi.Output.secret(client_key),
-            "context_name": None,
-            "managed": None,
-            "note": None,
-        }
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["client_key"]))
-        super().__init__(_ContextProvider(), name, props, opts)
+        inputs = {"machine_name": machine_name, "url": url, **client.inputs()}
+        super().__init__(_ContextProvider(), name, inputs, opts)

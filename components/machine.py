@@ -58,9 +58,7 @@ class DockerMachine(pulumi.ComponentResource):
             machine=machine.name,
             host=host.address,
             port=host.engine_port,
-            ca_cert=args.authority.ca_cert,
-            client_cert=args.authority.client_cert,
-            client_key=args.authority.client_key,
+            client=args.authority.client,
             configuration=daemon_script.apply(provisioning.digest),
             boot=host.boot,
             running=machine.state == "running",
@@ -131,15 +129,13 @@ class DockerMachine(pulumi.ComponentResource):
         """What needs a daemon that answers: the docker context, and published ports forwarded to the host."""
         after = pulumi.ResourceOptions(parent=self, depends_on=[verified])
         if machine.docker_context:
-            DockerContext(
-                f"{name}-docker-context", machine_name=machine.name, url=self.url, ca_cert=authority.ca_cert,
-                client_cert=authority.client_cert, client_key=authority.client_key, opts=after,
-            )  # fmt: skip
+            DockerContext(f"{name}-docker-context", machine_name=machine.name, url=self.url, client=authority.client,
+                          opts=after)  # fmt: skip
         if host.port_forwarding:
             PortForwarder(
                 f"{name}-port-forwarder", machine=machine.name, instance_dir=host.port_forwarding.instance_dir,
-                docker_port=host.engine_port, ca_cert=authority.ca_cert, client_cert=authority.client_cert,
-                client_key=authority.client_key, boot=host.boot, running=machine.state == "running",
+                docker_port=host.engine_port, client=authority.client, boot=host.boot,
+                running=machine.state == "running",
                 static=list(host.port_forwarding.static), opts=after,
             )  # fmt: skip
 

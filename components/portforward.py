@@ -26,6 +26,8 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
 from components import dockerapi, outputs
+from components.dynamic import DynamicResource, inputs_of
+from components.tls import ClientTls
 
 # Longest quiet spell on the event stream before the forwarder re-reads the containers anyway.
 RESYNC_SECONDS = 30.0
@@ -276,10 +278,11 @@ class _ForwarderProvider(ResourceProvider):
         remove(props["instance_dir"])
 
 
-class PortForwarder(pulumi.dynamic.Resource, module=outputs.PORT_FORWARDER.module, name=outputs.PORT_FORWARDER.name):
-    """The forwarder daemon of one QEMU user-mode VM (see the module's docstring)."""
+class PortForwarder(DynamicResource, module=outputs.PORT_FORWARDER.module, name=outputs.PORT_FORWARDER.name):
+    """The forwarder daemon of one QEMU user-mode VM (see the module"s docstring)."""
 
-    pid: pulumi.Output[int]
+    SECRET_OUTPUTS = ("client_key",)
+    OUTPUTS = ("pid",)
 
     def __init__(
         self,
@@ -288,28 +291,15 @@ class PortForwarder(pulumi.dynamic.Resource, module=outputs.PORT_FORWARDER.modul
         machine: str,
         instance_dir: str,
         docker_port: pulumi.Input[int],
-        ca_cert: pulumi.Input[str],
-        client_cert: pulumi.Input[str],
-        client_key: pulumi.Input[str],
+        client: ClientTls,
         boot: pulumi.Input[str],
         running: bool,
         static: list[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
-        props = {
-            "machine": machine,
-            "instance_dir": instance_dir,
-            "docker_port": docker_port,
-            "ca_cert": ca_cert,
-            "client_cert": client_cert,
-            "client_key": pulumi.Output.secret(client_key),
-            "boot": boot,
-            "running": running,
-            "static": static or [],
-            "pid": None,
-        }
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["client_key"]))
-        super().__init__(_ForwarderProvider(), name, props, opts)
+        inputs = {**inputs_of(locals()), **client.inputs(), "static": static or []}
+        del inputs["client"]
+        super().__init__(_ForwarderProvider(), name, inputs, opts)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
 from components import outputs, provisioning, wait
+from components.dynamic import DynamicResource, inputs_of
 from components.errors import StepError
 
 DIAL_INTERVAL = 2.0
@@ -134,11 +135,12 @@ class _RemoteCommandProvider(ResourceProvider):
                 print(f"{props['connection']['host']}: {stdout}", file=sys.stderr)
 
 
-class RemoteCommand(pulumi.dynamic.Resource, module=outputs.REMOTE_COMMAND.module, name=outputs.REMOTE_COMMAND.name):
+class RemoteCommand(DynamicResource, module=outputs.REMOTE_COMMAND.module, name=outputs.REMOTE_COMMAND.name):
     """Run ``create`` over SSH (``stdin`` fed to it) and ``delete`` on destroy."""
 
-    stdout: pulumi.Output[str]
-    stderr: pulumi.Output[str]
+    # The connection holds the SSH key and stdin may hold TLS keys: never store them in clear.
+    SECRET_OUTPUTS = ("connection", "stdin", "stdout", "stderr")
+    OUTPUTS = ("stdout", "stderr")
 
     def __init__(
         self,
@@ -151,18 +153,4 @@ class RemoteCommand(pulumi.dynamic.Resource, module=outputs.REMOTE_COMMAND.modul
         step: str = "",
         opts: pulumi.ResourceOptions | None = None,
     ):
-        props = {
-            "connection": connection,
-            "create": create,
-            "stdin": stdin,
-            "delete": delete,
-            "machine": machine,
-            "step": step,
-            "stdout": None,
-            "stderr": None,
-        }
-        opts = pulumi.ResourceOptions.merge(
-            # The connection holds the SSH key and stdin may hold TLS keys: never store them in clear.
-            opts, pulumi.ResourceOptions(additional_secret_outputs=["connection", "stdin", "stdout", "stderr"])
-        )
-        super().__init__(_RemoteCommandProvider(), name, props, opts)
+        super().__init__(_RemoteCommandProvider(), name, inputs_of(locals()), opts)

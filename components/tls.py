@@ -22,9 +22,24 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider
 
 from components import outputs
+from components.dynamic import DynamicResource, inputs_of
 
 VALIDITY = datetime.timedelta(days=1080)
 CLOCK_SKEW = datetime.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """What a client needs to reach a machine's daemon: the stack's CA and client certificate and key."""
+
+    ca_cert: pulumi.Input[str]
+    client_cert: pulumi.Input[str]
+    client_key: pulumi.Input[str]
+
+    def inputs(self) -> dict[str, pulumi.Input[str]]:
+        """As resource inputs, the key kept a secret."""
+        return {"ca_cert": self.ca_cert, "client_cert": self.client_cert,
+                "client_key": pulumi.Output.secret(self.client_key)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -58,18 +73,12 @@ def _builder(org: str, issuer: x509.Name | None, public_key: Any) -> x509.Certif
     )
 
 
-def _usage(*, digital_signature=False, key_encipherment=False, key_agreement=False, cert_sign=False):
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=key_encipherment,
-        data_encipherment=False,
-        key_agreement=key_agreement,
-        key_cert_sign=cert_sign,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+_USAGES = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+           "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")  # fmt: skip
+
+
+def _usage(*granted: str) -> x509.KeyUsage:
+    return x509.KeyUsage(**{usage: usage in granted for usage in _USAGES})
 
 
 def new_ca(org: str) -> KeyPair:
@@ -78,7 +87,7 @@ def new_ca(org: str) -> KeyPair:
         _builder(org, None, key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
-            _usage(digital_signature=True, key_encipherment=True, key_agreement=True, cert_sign=True), critical=True
+            _usage("digital_signature", "key_encipherment", "key_agreement", "key_cert_sign"), critical=True
         )
         .sign(key, hashes.SHA256())
     )
@@ -97,7 +106,7 @@ def new_client_cert(ca: KeyPair, org: str) -> KeyPair:
     cert = (
         _builder(org, ca_cert.subject, key.public_key())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_usage(digital_signature=True), critical=True)
+        .add_extension(_usage("digital_signature"), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -123,7 +132,7 @@ def new_server_cert(ca: KeyPair, org: str, sans: list[str]) -> KeyPair:
     cert = (
         _builder(org, ca_cert.subject, key.public_key())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_usage(digital_signature=True, key_encipherment=True, key_agreement=True), critical=True)
+        .add_extension(_usage("digital_signature", "key_encipherment", "key_agreement"), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName([_general_name(s) for s in sans]), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -171,32 +180,19 @@ class _AuthorityProvider(ResourceProvider):
 
 
 class CertificateAuthority(
-    pulumi.dynamic.Resource,
-    module=outputs.CERTIFICATE_AUTHORITY.module,
-    name=outputs.CERTIFICATE_AUTHORITY.name,
+    DynamicResource, module=outputs.CERTIFICATE_AUTHORITY.module, name=outputs.CERTIFICATE_AUTHORITY.name
 ):
-    """The stack's CA and client certificate (docker-machine's certs/ca.pem + certs/cert.pem)."""
+    """The stack"s CA and client certificate (docker-machine"s certs/ca.pem + certs/cert.pem)."""
 
-    ca_cert: pulumi.Output[str]
-    ca_key: pulumi.Output[str]
-    client_cert: pulumi.Output[str]
-    client_key: pulumi.Output[str]
-    ca_serial: pulumi.Output[str]
+    SECRET_OUTPUTS = ("ca_key", "client_key")
+    OUTPUTS = ("ca_cert", "ca_key", "client_cert", "client_key", "ca_serial")
 
     def __init__(self, name: str, owner: str, rotation: str = "", opts: pulumi.ResourceOptions | None = None):
-        props = {
-            "owner": owner,
-            "rotation": rotation,
-            "ca_cert": None,
-            "ca_key": None,
-            "client_cert": None,
-            "client_key": None,
-            "ca_serial": None,
-        }
-        opts = pulumi.ResourceOptions.merge(
-            opts, pulumi.ResourceOptions(additional_secret_outputs=["ca_key", "client_key"])
-        )
-        super().__init__(_AuthorityProvider(), name, props, opts)
+        super().__init__(_AuthorityProvider(), name, inputs_of(locals()), opts)
+
+    @property
+    def client(self) -> ClientTls:
+        return ClientTls(self.ca_cert, self.client_cert, self.client_key)
 
 
 class _ServerCertProvider(ResourceProvider):
@@ -213,13 +209,12 @@ class _ServerCertProvider(ResourceProvider):
 
 
 class ServerCertificate(
-    pulumi.dynamic.Resource, module=outputs.SERVER_CERTIFICATE.module, name=outputs.SERVER_CERTIFICATE.name
+    DynamicResource, module=outputs.SERVER_CERTIFICATE.module, name=outputs.SERVER_CERTIFICATE.name
 ):
-    """A machine's server certificate (docker-machine's server.pem), reissued when its SANs change."""
+    """A machine"s server certificate (docker-machine"s server.pem), reissued when its SANs change."""
 
-    cert: pulumi.Output[str]
-    key: pulumi.Output[str]
-    serial: pulumi.Output[str]
+    SECRET_OUTPUTS = ("key",)
+    OUTPUTS = ("cert", "key", "serial")
 
     def __init__(
         self,
@@ -230,18 +225,9 @@ class ServerCertificate(
         rotation: pulumi.Input[str] = "",
         opts: pulumi.ResourceOptions | None = None,
     ):
-        props = {
-            "ca_cert": authority.ca_cert,
-            "ca_key": authority.ca_key,
-            "owner": owner,
-            "sans": sans,
-            "rotation": rotation,
-            "cert": None,
-            "key": None,
-            "serial": None,
-        }
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["key"]))
-        super().__init__(_ServerCertProvider(), name, props, opts)
+        inputs = {"ca_cert": authority.ca_cert, "ca_key": authority.ca_key, "owner": owner, "sans": sans,
+                  "rotation": rotation}  # fmt: skip
+        super().__init__(_ServerCertProvider(), name, inputs, opts)
 
 
 class _SshKeyProvider(ResourceProvider):
@@ -253,12 +239,11 @@ class _SshKeyProvider(ResourceProvider):
         return DiffResult(changes=False)
 
 
-class SshKey(pulumi.dynamic.Resource, module=outputs.SSH_KEY.module, name=outputs.SSH_KEY.name):
-    """A machine's SSH key pair (docker-machine's machines/<name>/id_rsa), ed25519."""
+class SshKey(DynamicResource, module=outputs.SSH_KEY.module, name=outputs.SSH_KEY.name):
+    """A machine"s SSH key pair (docker-machine"s machines/<name>/id_rsa), ed25519."""
 
-    private_key: pulumi.Output[str]
-    public_key: pulumi.Output[str]
+    SECRET_OUTPUTS = ("private_key",)
+    OUTPUTS = ("private_key", "public_key")
 
     def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None):
-        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["private_key"]))
-        super().__init__(_SshKeyProvider(), name, {"private_key": None, "public_key": None}, opts)
+        super().__init__(_SshKeyProvider(), name, {}, opts)

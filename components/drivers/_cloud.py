@@ -12,10 +12,12 @@ import hashlib
 import ipaddress
 import os
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+import pulumi
+from pydantic import BeforeValidator, Field, field_validator
 
+from components.drivers.base import DriverContext, Host
 from components.model import StrictModel
 
 ANYWHERE = "0.0.0.0/0"
@@ -87,3 +89,14 @@ def readable_file(path: str, limit: int, what: str) -> str:
 def read_file(path: str) -> bytes:
     with open(os.path.abspath(os.path.expanduser(path)), "rb") as f:
         return f.read()
+
+
+# docker-machine's ``--*-open-port`` values, normalised to ``port/protocol``, for clouds that open TCP and UDP.
+OpenPorts = Annotated[list[str], BeforeValidator(lambda value: parse_open_ports(value, ("tcp", "udp")))]
+
+
+def cloud_host(ctx: DriverContext, address: pulumi.Input[str], ssh_port: int, ssh_user: str,
+               private_key: pulumi.Input[str], ready: pulumi.Resource) -> Host:  # fmt: skip
+    """A cloud VM: SSH, the Docker client and the server certificate all use ``address``."""
+    return Host(ssh_host=address, ssh_port=ssh_port, ssh_user=ssh_user, ssh_private_key=private_key, address=address,
+                engine_port=ctx.machine.engine.port, ready=ready)  # fmt: skip

@@ -13,9 +13,12 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+import pulumi
 from pulumi.dynamic import DiffResult, ResourceProvider
 
 from components import wait
+from components.drivers.base import DriverContext, Host
+from components.dynamic import DynamicResource
 
 
 def _root(env: str, xdg: str, default: str) -> str:
@@ -157,3 +160,15 @@ class LocalVmProvider(ResourceProvider):
         restart = [k for k in self.RESTART_ON if olds.get(k) != news.get(k)]
         power = not self.power_matches(olds, news.get("power", "running"))
         return DiffResult(changes=bool(replaces or restart or power), replaces=replaces, delete_before_replace=True)
+
+
+class LocalVm(DynamicResource):
+    """What every local VM resource reports: where SSH reaches it, the address clients dial, and its power."""
+
+    OUTPUTS = ("ip", "ssh_host", "ssh_port", "state", "boot")
+
+
+def vm_host(vm: LocalVm, ctx: DriverContext, ssh_user: str, engine_port: pulumi.Input[int], **extra: Any) -> Host:
+    """A local VM: SSH where the VM resource says, the stack's key, the VM's address for the Docker client."""
+    return Host(ssh_host=vm.ssh_host, ssh_port=vm.ssh_port, ssh_user=ssh_user, ssh_private_key=ctx.ssh_key.private_key,
+                address=vm.ip, engine_port=engine_port, ready=vm, boot=vm.boot, **extra)  # fmt: skip

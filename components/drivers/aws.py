@@ -1,4 +1,4 @@
-"""AWS EC2 driver (docker-machine's ``amazonec2``, docker-machine.md §2.1) on pulumi-aws.
+"""AWS EC2 driver (docker-machine's ``amazonec2``, docs/drivers.md#aws-ec2) on pulumi-aws.
 
 Per machine: an EC2 key pair imported from the stack's SSH key (or an existing key pair), a security group
 opening SSH and the engine port (plus ``open_ports``) and the instance, in the default VPC and the zone's
@@ -21,7 +21,8 @@ from pydantic import Field, field_validator, model_validator
 from components.drivers._cloud import (
     ANYWHERE,
     AllowedCidrs,
-    parse_open_ports,
+    OpenPorts,
+    cloud_host,
     read_file,
     readable_file,
     split_cidrs,
@@ -96,7 +97,7 @@ class Options(OwnKey):
     iam_instance_profile: str | None = Field(None, pattern=r"^[\w+=,.@-]{1,128}$")
     security_group_ids: list[str] = Field([], description="existing groups to attach, never modified")
     create_security_group: bool = Field(True, description="a group opening SSH, the engine port and open_ports")
-    open_ports: list[str] = Field([], description="PORT or PORT/tcp|udp, opened in the created group")
+    open_ports: OpenPorts = Field([], description="PORT or PORT/tcp|udp, opened in the created group")
     allowed_cidrs: AllowedCidrs = AllowedCidrs()
     key_pair_name: str | None = Field(
         None, min_length=1, max_length=255, description="an existing EC2 key pair (needs ssh_key or ssh_key_path)"
@@ -126,11 +127,6 @@ class Options(OwnKey):
             if not re.match(r"^sg-[0-9a-f]{8,17}$", group):
                 raise ValueError(f"{group!r} is not a security group ID (sg-…)")
         return list(dict.fromkeys(v))
-
-    @field_validator("open_ports", mode="before")
-    @classmethod
-    def _ports(cls, v: Any) -> list[str]:
-        return parse_open_ports(v, ("tcp", "udp"))
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -342,11 +338,7 @@ def _instance(ctx: DriverContext, placement: tuple[str, str], key_name: pulumi.I
     )
 
 
-class AwsDriver(BaseDriver):
-    name = "aws"
-    Options = Options
-    plugin_package = "pulumi_aws"
-
+class AwsDriver(BaseDriver, name="aws", options=Options, plugin_package="pulumi_aws"):
     def create_host(self, ctx: DriverContext) -> Host:
         o: Options = ctx.options
         region = o.region or default_region()
@@ -355,15 +347,7 @@ class AwsDriver(BaseDriver):
         private_key, public_key = login_key(o, ctx.ssh_key)
         instance = _instance(ctx, placement, _key_name(ctx, public_key, region, tags), region, tags)
         address = instance.private_ip if o.private_address_only or o.use_private_address else instance.public_ip
-        return Host(
-            ssh_host=address,
-            ssh_port=o.ssh_port,
-            ssh_user=o.ssh_user,
-            ssh_private_key=private_key,
-            address=address,
-            engine_port=ctx.machine.engine.port,
-            ready=instance,
-        )
+        return cloud_host(ctx, address, o.ssh_port, o.ssh_user, private_key, instance)
 
 
 DRIVER = AwsDriver()

@@ -1,4 +1,4 @@
-"""Azure driver (docker-machine's ``azure``, docker-machine.md §2.2) on pulumi-azure-native.
+"""Azure driver (docker-machine's ``azure``, docs/drivers.md#azure) on pulumi-azure-native.
 
 Per machine, docker-machine's set: a resource group (or an existing one), a virtual network and subnet (or
 existing ones), a network security group ``<name>-firewall`` with docker-machine's rules and priorities, a
@@ -13,15 +13,16 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pulumi
 import pulumi_azure_native as azure
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from components.drivers._cloud import (
     AllowedCidrs,
     cidr,
+    cloud_host,
     parse_open_ports,
     read_file,
     readable_file,
@@ -56,7 +57,9 @@ class Options(OwnKey):
     vnet: str | None = Field(None, description="an existing virtual network, [resource-group:]name")
     subnet: str = Field("docker-machine", pattern=r"^[\w][\w.-]{0,78}[\w]$|^\w$")
     subnet_prefix: str = Field("192.168.0.0/16", description="of the created virtual network and subnet")
-    open_ports: list[str] = Field([], description="PORT or PORT/tcp|udp|*")
+    open_ports: Annotated[list[str], BeforeValidator(lambda v: parse_open_ports(v, tuple(_PROTOCOLS)))] = Field(
+        [], description="PORT or PORT/tcp|udp|*"
+    )
     allowed_cidrs: AllowedCidrs = AllowedCidrs()
     private_ip_address: str | None = Field(None, description="a static private address in the subnet")
     use_private_ip: bool = Field(False, description="keep the public IP but dial the private address")
@@ -125,11 +128,6 @@ class Options(OwnKey):
             except ValueError:
                 raise ValueError(f"{v!r} is not an IPv4 address") from None
         return v
-
-    @field_validator("open_ports", mode="before")
-    @classmethod
-    def _ports(cls, v: Any) -> list[str]:
-        return parse_open_ports(v, tuple(_PROTOCOLS))
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -328,11 +326,7 @@ def _vm(ctx: DriverContext, group: pulumi.Input[str], nic: Any, public_key: str,
     )
 
 
-class AzureDriver(BaseDriver):
-    name = "azure"
-    Options = Options
-    plugin_package = "pulumi_azure_native"
-
+class AzureDriver(BaseDriver, name="azure", options=Options, plugin_package="pulumi_azure_native"):
     def create_host(self, ctx: DriverContext) -> Host:
         o: Options = ctx.options
         tags = o.tags or None
@@ -349,15 +343,7 @@ class AzureDriver(BaseDriver):
             address = public_ip.dns_settings.apply(lambda dns: dns.fqdn)
         else:
             address = public_ip.ip_address
-        return Host(
-            ssh_host=address,
-            ssh_port=22,
-            ssh_user=o.ssh_user,
-            ssh_private_key=private_key,
-            address=address,
-            engine_port=ctx.machine.engine.port,
-            ready=vm,
-        )
+        return cloud_host(ctx, address, 22, o.ssh_user, private_key, vm)
 
 
 DRIVER = AzureDriver()

@@ -99,6 +99,12 @@ class BaseDriver:
     # The pip package whose Pulumi plugin the driver needs (its pulumi-plugin.json gives name and version).
     plugin_package: ClassVar[str | None] = None
 
+    def __init_subclass__(cls, *, name: str, options: type[StrictModel], supports_power: bool = False,
+                          plugin_package: str | None = None, **kwargs: object) -> None:  # fmt: skip
+        """``class QemuDriver(BaseDriver, name="qemu", options=Options, supports_power=True)``."""
+        super().__init_subclass__(**kwargs)
+        cls.name, cls.Options, cls.supports_power, cls.plugin_package = name, options, supports_power, plugin_package
+
     @property
     def plugin(self) -> tuple[str, str] | None:
         return plugin_of(self.plugin_package) if self.plugin_package else None

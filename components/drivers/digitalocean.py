@@ -1,4 +1,4 @@
-"""DigitalOcean driver (docker-machine's ``digitalocean``, docker-machine.md §2.3) on pulumi-digitalocean.
+"""DigitalOcean driver (docker-machine's ``digitalocean``, docs/drivers.md#digitalocean) on pulumi-digitalocean.
 
 Per machine: the stack's SSH key uploaded (or an existing key by fingerprint), a droplet named after the
 machine from Ubuntu 24.04, and — unlike docker-machine, which left droplets wide open — a cloud firewall
@@ -18,8 +18,9 @@ from pydantic import Field, field_validator, model_validator
 from components.drivers._cloud import (
     ANYWHERE,
     AllowedCidrs,
+    OpenPorts,
+    cloud_host,
     md5_fingerprint,
-    parse_open_ports,
     read_file,
     readable_file,
 )
@@ -54,7 +55,7 @@ class Options(OwnKey):
     monitoring: bool = False
     tags: list[str] = []
     user_data_file: str | None = None
-    open_ports: list[str] = Field([], description="PORT or PORT/tcp|udp, opened in the firewall")
+    open_ports: OpenPorts = Field([], description="PORT or PORT/tcp|udp, opened in the firewall")
     allowed_cidrs: AllowedCidrs = AllowedCidrs()
 
     @field_validator("ssh_key_fingerprint")
@@ -82,11 +83,6 @@ class Options(OwnKey):
             if not isinstance(tag, str) or not _TAG_RE.match(tag):
                 raise ValueError(f"tag {tag!r}: letters, digits, colons, dashes and underscores, up to 255")
         return list(dict.fromkeys(v))
-
-    @field_validator("open_ports", mode="before")
-    @classmethod
-    def _ports(cls, v: Any) -> list[str]:
-        return parse_open_ports(v, ("tcp", "udp"))
 
     @field_validator("user_data_file")
     @classmethod
@@ -126,11 +122,7 @@ def inbound_rules(options: Options, engine_port: int) -> list[dict[str, Any]]:
     return rules
 
 
-class DigitalOceanDriver(BaseDriver):
-    name = "digitalocean"
-    Options = Options
-    plugin_package = "pulumi_digitalocean"
-
+class DigitalOceanDriver(BaseDriver, name="digitalocean", options=Options, plugin_package="pulumi_digitalocean"):
     def create_host(self, ctx: DriverContext) -> Host:
         o: Options = ctx.options
         name, machine, opts = ctx.name, ctx.machine, ctx.opts
@@ -174,16 +166,8 @@ class DigitalOceanDriver(BaseDriver):
 
         private = o.private_address_only or o.use_private_address
         address = droplet.ipv4_address_private if private else droplet.ipv4_address
-        return Host(
-            ssh_host=address,
-            ssh_port=o.ssh_port,
-            ssh_user=o.ssh_user,
-            ssh_private_key=private_key,
-            address=address,
-            engine_port=machine.engine.port,
-            # Provisioning starts once the firewall is in place: what it lets in is what provisioning relies on.
-            ready=firewall,
-        )
+        # Provisioning starts once the firewall is in place: what it lets in is what provisioning relies on.
+        return cloud_host(ctx, address, o.ssh_port, o.ssh_user, private_key, firewall)
 
 
 DRIVER = DigitalOceanDriver()

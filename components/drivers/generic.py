@@ -66,10 +66,7 @@ def _stack_output(ref: pulumi.StackReference, dotted: str) -> pulumi.Output[Any]
     return ref.require_output(head).apply(lambda v: _dig(v, rest))
 
 
-class GenericDriver(BaseDriver):
-    name = "generic"
-    Options = Options
-
+class GenericDriver(BaseDriver, name="generic", options=Options):
     def create_host(self, ctx: DriverContext) -> Host:
         options: Options = ctx.options
         engine_port: pulumi.Input[int] = ctx.machine.engine.port

@@ -28,6 +28,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from components import outputs, seed
 from components.drivers import _bridge
 from components.drivers._local import (
+    LocalVm,
     LocalVmProvider,
     boot_token,
     download,
@@ -36,6 +37,7 @@ from components.drivers._local import (
     read_pid,
     run,
     settle,
+    vm_host,
 )  # fmt: skip
 from components.drivers.base import BaseDriver, DriverContext, Host, PortForwarding
 from components.errors import StepError
@@ -411,22 +413,11 @@ class VmProvider(LocalVmProvider):
             raise StepError(news["name"], "vm", str(err)) from None
 
 
-class Vm(pulumi.dynamic.Resource, module=outputs.QEMU_VM.module, name=outputs.QEMU_VM.name):
-    ip: pulumi.Output[str]
-    ssh_host: pulumi.Output[str]
-    ssh_port: pulumi.Output[int]
-    engine_host_port: pulumi.Output[int]
-    accel: pulumi.Output[str]
-    state: pulumi.Output[str]
-    pid: pulumi.Output[int]
-    boot: pulumi.Output[str]
+class Vm(LocalVm, module=outputs.QEMU_VM.module, name=outputs.QEMU_VM.name):
+    OUTPUTS = (*LocalVm.OUTPUTS, "engine_host_port", "accel", "pid")
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
-        results = dict.fromkeys(
-            ("ip", "ssh_host", "ssh_port", "engine_host_port", "accel", "state", "pid", "mac", "tap", "image_resolved",
-             "boot")
-        )  # fmt: skip
-        super().__init__(VmProvider(), name, {**props, **results}, opts)
+        super().__init__(VmProvider(), name, props, opts)
 
 
 def vm_props(name: str, options: Options, instance_dir: str, project_dir: str, authorized_key: pulumi.Input[str],
@@ -456,11 +447,7 @@ def vm_props(name: str, options: Options, instance_dir: str, project_dir: str, a
     }
 
 
-class QemuDriver(BaseDriver):
-    name = "qemu"
-    Options = Options
-    supports_power = True
-
+class QemuDriver(BaseDriver, name="qemu", options=Options, supports_power=True):
     def check_host(self, machines: Sequence[MachineConfig]) -> None:
         """Fixed forwards must not reuse the engine's port, nor a host port of another machine of the stack."""
         lines, owners = [], {}
@@ -492,15 +479,8 @@ class QemuDriver(BaseDriver):
             ),
         )
         forwarding = options.network == "user" and options.publish
-        return Host(
-            ssh_host=vm.ssh_host,
-            ssh_port=vm.ssh_port,
-            ssh_user=options.ssh_user,
-            ssh_private_key=ctx.ssh_key.private_key,
-            address=vm.ip,
-            engine_port=vm.engine_host_port,
-            ready=vm,
-            boot=vm.boot,
+        return vm_host(
+            vm, ctx, options.ssh_user, vm.engine_host_port,
             details={"instanceDir": instance_dir, "publishes": forwarding, "forwards": list(options.forwards)},
             port_forwarding=PortForwarding(instance_dir, tuple(options.forwards)) if forwarding else None,
         )

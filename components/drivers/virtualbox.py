@@ -32,6 +32,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from components import outputs, seed
 from components.drivers._local import (
+    LocalVm,
     LocalVmProvider,
     boot_token,
     claim_lease,
@@ -40,6 +41,7 @@ from components.drivers._local import (
     release_lease,
     settle,
     state_root,
+    vm_host,
 )  # fmt: skip
 from components.drivers._vbox import (
     DEFAULT_HOSTONLY_CIDR,
@@ -435,28 +437,14 @@ class VmProvider(LocalVmProvider):
         delete_vm(id_, props)
 
 
-class Vm(pulumi.dynamic.Resource, module=outputs.VIRTUALBOX_VM.module, name=outputs.VIRTUALBOX_VM.name):
-    vm_id: pulumi.Output[str]
-    ip: pulumi.Output[str]
-    ssh_host: pulumi.Output[str]
-    ssh_port: pulumi.Output[int]
-    hostonly_interface: pulumi.Output[str]
-    state: pulumi.Output[str]
-    boot: pulumi.Output[str]
+class Vm(LocalVm, module=outputs.VIRTUALBOX_VM.module, name=outputs.VIRTUALBOX_VM.name):
+    OUTPUTS = (*LocalVm.OUTPUTS, "vm_id", "hostonly_interface")
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
-        results = dict.fromkeys(
-            ("vm_id", "ip", "ssh_host", "ssh_port", "hostonly_interface", "nat_mac", "hostonly_mac",
-             "image_resolved", "state", "boot")
-        )  # fmt: skip
-        super().__init__(VmProvider(), name, {**props, **results}, opts)
+        super().__init__(VmProvider(), name, props, opts)
 
 
-class VirtualBoxDriver(BaseDriver):
-    name = "virtualbox"
-    Options = Options
-    supports_power = True
-
+class VirtualBoxDriver(BaseDriver, name="virtualbox", options=Options, supports_power=True):
     def check_host(self, machines: Sequence[MachineConfig]) -> None:
         check_host(list(machines))
 
@@ -487,17 +475,7 @@ class VirtualBoxDriver(BaseDriver):
                 ctx.opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="30m"))
             ),
         )
-        return Host(
-            ssh_host=vm.ssh_host,
-            ssh_port=vm.ssh_port,
-            ssh_user=options.ssh_user,
-            ssh_private_key=ctx.ssh_key.private_key,
-            address=vm.ip,
-            engine_port=ctx.machine.engine.port,
-            ready=vm,
-            boot=vm.boot,
-            details={"instanceDir": instance_dir},
-        )
+        return vm_host(vm, ctx, options.ssh_user, ctx.machine.engine.port, details={"instanceDir": instance_dir})
 
 
 DRIVER = VirtualBoxDriver()

@@ -344,28 +344,21 @@ def rm(
 # --- power, provisioning, certificates --------------------------------------------------------------------------
 
 
-@command()
-def start(names: Names = None, stack: StackOpt = None) -> None:
-    """Start machines (desired state `running` in the stack config, then a targeted `up`)."""
-    power.power(registry(stack), names, "start")
+def _power_command(verb: str, help_text: str) -> None:
+    def body(names: Names = None, stack: StackOpt = None) -> None:
+        power.power(registry(stack), names, verb)
+
+    body.__doc__ = help_text
+    command(verb)(body)
 
 
-@command()
-def stop(names: Names = None, stack: StackOpt = None) -> None:
-    """Stop machines gracefully (desired state `stopped` in the stack config, then a targeted `up`)."""
-    power.power(registry(stack), names, "stop")
-
-
-@command()
-def restart(names: Names = None, stack: StackOpt = None) -> None:
-    """Restart machines: stop then start; a host the driver cannot power (generic) is rebooted over SSH."""
-    power.power(registry(stack), names, "restart")
-
-
-@command()
-def kill(names: Names = None, stack: StackOpt = None) -> None:
-    """Stop machines. There is no hard power-off: kill is stop (the driver powers off after a grace period)."""
-    power.power(registry(stack), names, "kill")
+for _verb, _help in (
+    ("start", "Start machines (desired state `running` in the stack config, then a targeted `up`)."),
+    ("stop", "Stop machines gracefully (desired state `stopped` in the stack config, then a targeted `up`)."),
+    ("restart", "Restart machines: stop then start; a host the driver cannot power (generic) is rebooted over SSH."),
+    ("kill", "Stop machines. There is no hard power-off: kill is stop (the driver powers off after a grace period)."),
+):
+    _power_command(_verb, _help)
 
 
 @command()

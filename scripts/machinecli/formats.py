@@ -1,4 +1,4 @@
-"""docker-machine's exact output formats (docker-machine.md §1.2–1.5), as pure functions."""
+"""docker-machine's exact output formats (docs/cli.md), as pure functions."""
 
 from __future__ import annotations
 
@@ -13,23 +13,15 @@ from .gotext import Template, TemplateError, go_duration, go_json, go_quote, tab
 ENV_KEYS = ("DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME")
 SHELLS = ("bash", "fish", "powershell", "cmd", "tcsh", "emacs")
 
-# (prefix, delimiter, suffix) per shell: setting, then unsetting (commands/env.go).
-_SET = {
-    "fish": ("set -gx ", ' "', '";\n'),
-    "powershell": ("$Env:", ' = "', '"\n'),
-    "cmd": ("SET ", "=", "\n"),
-    "tcsh": ("setenv ", ' "', '";\n'),
-    "emacs": ('(setenv "', '" "', '")\n'),
+# Per shell, how docker-machine sets and unsets a variable (commands/env.go): (prefix, delimiter, suffix) each.
+_FORMS = {
+    "fish": (("set -gx ", ' "', '";\n'), ("set -e ", "", ";\n")),
+    "powershell": (("$Env:", ' = "', '"\n'), ("Remove-Item Env:\\\\", "", "\n")),
+    "cmd": (("SET ", "=", "\n"), ("SET ", "=", "\n")),
+    "tcsh": (("setenv ", ' "', '";\n'), ("unsetenv ", "", ";\n")),
+    "emacs": (('(setenv "', '" "', '")\n'), ('(setenv "', '" nil', ")\n")),
 }
-_SET_DEFAULT = ("export ", '="', '"\n')
-_UNSET = {
-    "fish": ("set -e ", "", ";\n"),
-    "powershell": ("Remove-Item Env:\\\\", "", "\n"),
-    "cmd": ("SET ", "=", "\n"),
-    "emacs": ('(setenv "', '" nil', ")\n"),
-    "tcsh": ("unsetenv ", "", ";\n"),
-}
-_UNSET_DEFAULT = ("unset ", "", "\n")
+_FORM_DEFAULT = (("export ", '="', '"\n'), ("unset ", "", "\n"))
 
 
 def detect_shell(explicit: str | None, environ: dict[str, str] | None = None) -> str | None:
@@ -91,11 +83,11 @@ def env_output(
 
     With ``--no-proxy`` the machine's IP is appended to the proxy exclusions found in the environment
     unless already there (as a substring, like docker-machine); with ``-u --no-proxy`` docker-machine
-    prints the variable followed by its current value — kept as it is (docker-machine.md §1.3).
+    prints the variable followed by its current value — kept as it is.
     """
     environ = os.environ if environ is None else environ
     unset = values is None
-    prefix, delimiter, suffix = (_UNSET if unset else _SET).get(shell, _UNSET_DEFAULT if unset else _SET_DEFAULT)
+    prefix, delimiter, suffix = _FORMS.get(shell, _FORM_DEFAULT)[1 if unset else 0]
     lines = []
     for key in ENV_KEYS:
         lines.append(f"{prefix}{key}{delimiter}{'' if unset else values[key]}{suffix}")
@@ -293,7 +285,7 @@ def host_record(
     machine_config: dict[str, Any] | None,
     store_path: str,
 ) -> dict[str, Any]:
-    """The docker-machine host record (config.json, docker-machine.md §5) of a machine, from stack outputs.
+    """The docker-machine host record (its config.json) of a machine, from stack outputs.
 
     Keys and their order are docker-machine's so that ``--format '{{.Driver.IPAddress}}'`` works as it
     did; ``Stack`` and ``Outputs`` (the machine's stack output) are ours.

@@ -74,29 +74,17 @@ def _nested(value: Any, json_numbers: bool) -> str:
     return "<nil>" if value is None else go_value(value, json_numbers)
 
 
+_GO_ESCAPES = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+               "\t": "\\t", "\v": "\\v"}  # fmt: skip
+
+
 def go_quote(text: str) -> str:
     """strconv.Quote / fmt's %q."""
     out = ['"']
     for ch in text:
         code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\a":
-            out.append("\\a")
-        elif ch == "\b":
-            out.append("\\b")
-        elif ch == "\f":
-            out.append("\\f")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\v":
-            out.append("\\v")
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
         elif code < 0x20 or code == 0x7F:
             out.append(f"\\x{code:02x}")
         elif not ch.isprintable():

@@ -18,7 +18,7 @@ from .workspace import StackInfo
 MACHINE_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9\-\.]*$")
 
 
-def _typed(value: str) -> Any:
+def typed_config_value(value: str) -> Any:
     """How ``pulumi config set --path`` will store it: true/false → bool, integers → numbers."""
     if value in ("true", "false"):
         return value == "true"
@@ -52,9 +52,9 @@ def driver_options(driver: str, extra: list[str]) -> dict[str, Any]:
             else:
                 raise MachineError(f"flag needs an argument: {flag}")
         if "list" in annotation:
-            options.setdefault(field, []).append(_typed(value))
+            options.setdefault(field, []).append(typed_config_value(value))
         else:
-            options[field] = _typed(value)
+            options[field] = typed_config_value(value)
         i += 1
     return options
 

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ class Stack:
     def machine(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [os.path.join(ROOT, "scripts", "machine"), *args], cwd=ROOT, env=self.env,
-            capture_output=True, text=True, timeout=300,
+            capture_output=True, text=True, timeout=900,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"machine {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -47,6 +48,15 @@ class Stack:
 
     def outputs(self) -> dict:
         return json.loads(self.pulumi("stack", "output", "--json", "--show-secrets").stdout)
+
+
+def rewrite_machines(stack: Stack, machines: list[dict]) -> None:
+    """Replace the stack's machines, keeping what Pulumi wrote into its config file (salt, secrets provider)."""
+    with open(stack.config_file) as f:
+        kept = [line for line in f.read().splitlines() if line.startswith(("encryptionsalt", "secretsprovider"))]
+    with open(stack.config_file, "w") as f:
+        json.dump({"config": {"docker-machine:machines": machines}}, f)  # JSON is YAML
+        f.write("\n" + "\n".join(kept) + "\n")
 
 
 def write_stack_config(name: str, machines: list[dict]) -> str:
@@ -112,19 +122,57 @@ def have_tools() -> bool:
     return all(shutil.which(t) for t in ("qemu-system-x86_64", "qemu-img", "docker", "curl"))
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# A fixed host port forwarded to the session machine's guest port 8081 from boot (options.forwards).
+STATIC_FORWARD_PORT = free_port()
+
+
+def session_machine(name: str, **extra) -> dict:
+    """The session machine's config: labels and env with systemd's and the shell's specials, a fixed forward."""
+    return {
+        "name": name,
+        "driver": "qemu",
+        "options": {"forwards": [f"{STATIC_FORWARD_PORT}:8081"]},
+        "engine": {"install": "packages", "labels": ['note=50%off "q" $x'], "env": ['DMP_PROBE=a"b%h']},
+        **extra,
+    }
+
+
+def processes_matching(fragment: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if fragment in line and "ps -eo" not in line]
+
+
+def record_figure(key: str, value) -> None:
+    """Figures the issues ask to quote, collected into $E2E_FIGURES (JSON) when it is set."""
+    path = os.environ.get("E2E_FIGURES")
+    if not path:
+        return
+    figures = json.load(open(path)) if os.path.exists(path) else {}
+    figures[key] = value
+    with open(path, "w") as f:
+        json.dump(figures, f, indent=1)
+
+
 @pytest.fixture(scope="session")
 def local_machine(e2e_env):
     """One QEMU machine for the whole session (boots are minutes under TCG): (stack, name, instance dir)."""
     name = f"e2e-{os.getpid()}"
-    stack = new_stack(e2e_env, "local", [{"name": name, "driver": "qemu", "engine": {"install": "packages"}}])
+    stack = new_stack(e2e_env, "local", [session_machine(name)])
     instance_dir = os.path.join(stack.state_dir, f"docker-machine-{stack.name}", "qemu", name)
     cert_dir = os.path.expanduser(f"~/.docker/machine/machines/{name}")
     try:
         stack.pulumi("up", "--yes", "--skip-preview", timeout=2400)
         yield stack, name, instance_dir
         stack.pulumi("destroy", "--yes", timeout=600)
-        # Nothing of the VM may survive destroy: process, overlay, seed, sockets, tap.
+        # Nothing of the VM may survive destroy: process, port forwarder, overlay, seed, sockets, pidfiles, tap.
         assert qemu_processes_for(instance_dir) == []
+        assert processes_matching(f"components.portforward {instance_dir}") == []
         assert not os.path.exists(instance_dir), os.listdir(instance_dir)
         tap = "dm" + hashlib.sha256(instance_dir.encode()).hexdigest()[:10]
         assert tap not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

@@ -6,11 +6,20 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
 from components import remote
-from tests.e2e.conftest import ROOT, have_tools, new_stack, qemu_processes_for, remove_stack
+from tests.e2e.conftest import (
+    ROOT,
+    free_port,
+    have_tools,
+    new_stack,
+    qemu_processes_for,
+    remove_stack,
+    rewrite_machines,
+)  # fmt: skip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not have_tools(), reason="needs qemu, docker and curl (make setup)")]
 
@@ -49,14 +58,6 @@ def generic_config(name: str, vm_stack: str, labels: list[str]) -> list[dict]:
     }]  # fmt: skip
 
 
-def rewrite_config(stack, machines: list[dict]) -> None:
-    with open(stack.config_file) as f:
-        kept = [line for line in f.read().splitlines() if line.startswith(("encryptionsalt", "secretsprovider"))]
-    with open(stack.config_file, "w") as f:
-        json.dump({"config": {"docker-machine:machines": machines}}, f)
-        f.write("\n" + "\n".join(kept) + "\n")
-
-
 def docker(stack, name: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = dict(stack.env, DOCKER_BUILDKIT="0")
     for line in stack.machine("env", name, "--stack", stack.name).stdout.splitlines():
@@ -91,7 +92,7 @@ def test_generic_driver_provisions_an_existing_host(bare_vm, e2e_env, tmp_path):
 
         # A new engine label re-writes the daemon configuration and restarts Docker once.
         invocation = guest(vm, "systemctl show -p InvocationID --value docker")
-        rewrite_config(stack, generic_config(name, vm_stack.name, ["stage=two"]))
+        rewrite_machines(stack, generic_config(name, vm_stack.name, ["stage=two"]))
         stack.pulumi("up", "--yes", "--skip-preview", timeout=900)
         changes = json.loads(stack.pulumi("stack", "history", "--json").stdout)[0]["resourceChanges"]
         assert changes.get("update") == 2 and set(changes) == {"same", "update"}, changes  # daemon-config + check
@@ -111,3 +112,97 @@ def test_generic_driver_provisions_an_existing_host(bare_vm, e2e_env, tmp_path):
         stack.pulumi("destroy", "--yes", check=False, timeout=900)
         remove_stack(stack)
         shutil.rmtree(os.path.expanduser(f"~/.docker/machine/machines/{name}"), ignore_errors=True)
+
+
+# --- engine.install: script, proved with a script served from this host (issue 10), and failures (issue 8) ---------
+
+INSTALLER = """#!/bin/sh
+# Stands in for get.docker.com (unreachable here): Docker from the distribution's packages, started.
+set -e
+export DEBIAN_FRONTEND=noninteractive
+apt-get -qq update
+apt-get -qq install -y --no-install-recommends docker.io docker-cli apparmor
+systemctl enable --now docker.service
+"""
+
+
+@pytest.fixture
+def install_server(tmp_path):
+    """busybox httpd on a free 127.0.0.1 port; the guest reaches it as QEMU's user-net gateway, 10.0.2.2."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "install.sh").write_text(INSTALLER)
+    (root / "fails.sh").write_text("#!/bin/sh\necho 'cannot install here' >&2\nexit 3\n")
+    (root / "nothing.sh").write_text("#!/bin/sh\necho 'all done (not really)'\n")
+    port = free_port()
+    server = subprocess.Popen(["busybox", "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", str(root)])
+    try:
+        yield f"http://10.0.2.2:{port}"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def scripted(name: str, vm_stack: str, **engine) -> list[dict]:
+    machines = generic_config(name, vm_stack, ["install=script"])
+    machines[0]["engine"] = {**machines[0]["engine"], **engine}
+    return machines
+
+
+def failed_up(stack) -> str:
+    result = stack.pulumi("up", "--yes", "--skip-preview", timeout=1200, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    return output
+
+
+def test_install_script_path_and_its_failures(bare_vm, e2e_env, install_server):
+    vm_stack, vm = bare_vm
+    # Back to a guest without Docker (the test above installed it from packages).
+    guest(vm, "sudo -n sh -c 'apt-get -qq purge -y docker.io docker-cli containerd runc >/dev/null; "
+              "rm -rf /etc/docker /var/lib/docker; command -v dockerd || echo purged'")  # fmt: skip
+    name = f"scripted-{os.getpid()}"
+    stack = new_stack(e2e_env, "scripted", scripted(name, vm_stack.name, install="none"))
+    try:
+        out = failed_up(stack)
+        assert f"machine {name}: install-docker: exit code 1" in out
+        assert "Docker is not installed and engine.install is none" in out
+        for script, message in (
+            ("missing.sh", "downloading the install script {url} failed"),
+            ("fails.sh", "the install script from {url} failed"),
+            ("nothing.sh", "the install script from {url} did not install Docker"),
+        ):
+            url = f"{install_server}/{script}"
+            rewrite_machines(stack, scripted(name, vm_stack.name, install="script", install_url=url))
+            out = failed_up(stack)
+            assert f"machine {name}: install-docker:" in out and message.format(url=url) in out, out[-3000:]
+
+        url = f"{install_server}/install.sh"
+        rewrite_machines(stack, scripted(name, vm_stack.name, install="script", install_url=url))
+        stack.pulumi("up", "--yes", "--skip-preview", timeout=2400)
+        assert guest(vm, "systemctl is-active docker") == "active"
+        version = docker(stack, name, "version", "--format", "{{.Server.Version}}")
+        assert version.returncode == 0 and int(version.stdout.split(".")[0]) >= 26, version.stderr
+        stack.pulumi("destroy", "--yes", timeout=900)
+    finally:
+        stack.pulumi("destroy", "--yes", check=False, timeout=900)
+        remove_stack(stack)
+        shutil.rmtree(os.path.expanduser(f"~/.docker/machine/machines/{name}"), ignore_errors=True)
+
+
+def test_a_guest_whose_sshd_is_stopped_fails_in_one_message(bare_vm, e2e_env):
+    vm_stack, vm = bare_vm
+    guest(vm, "sudo -n sh -c '(sleep 1; systemctl stop ssh.socket ssh.service) >/dev/null 2>&1 &'")
+    time.sleep(5)
+    name = f"nossh-{os.getpid()}"
+    machines = generic_config(name, vm_stack.name, [])
+    machines[0]["options"]["dial_attempts"] = 3
+    stack = new_stack(e2e_env, "nossh", machines)
+    try:
+        out = failed_up(stack)
+        where = f"ssh docker@127.0.0.1:{vm['sshPort']}"
+        assert f"machine {name}: wait-for-ssh: {where}: unreachable after 3 attempts" in out
+    finally:
+        stack.pulumi("destroy", "--yes", check=False, timeout=900)
+        remove_stack(stack)

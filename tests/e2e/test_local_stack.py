@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from components import tls
-from tests.e2e.conftest import ROOT, have_tools
+from tests.e2e.conftest import ROOT, have_tools, rewrite_machines, session_machine
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not have_tools(), reason="needs qemu, docker and curl (make setup)")]
 
@@ -110,13 +110,7 @@ def test_new_san_reissues_the_certificate_and_restarts_docker_in_the_same_up(mac
     """docker-machine's most-reported problem: a changed address/SAN needed a manual regenerate-certs."""
     stack, name, _ = machine
     before = stack.outputs()["machines"][name]["serverCertSerial"]
-    with open(stack.config_file) as f:
-        text = f.read()
-    salt = [line for line in text.splitlines() if line.startswith("encryptionsalt")]
-    with open(stack.config_file, "w") as f:
-        machines = [{"name": name, "driver": "qemu", "engine": {"install": "packages"}, "tls_san": [f"{name}.test"]}]
-        json.dump({"config": {"docker-machine:machines": machines}}, f)
-        f.write("\n" + "\n".join(salt) + "\n")
+    rewrite_machines(stack, [session_machine(name, tls_san=[f"{name}.test"])])
     stack.pulumi("up", "--yes", "--skip-preview", timeout=900)
     after = stack.outputs()["machines"][name]["serverCertSerial"]
     assert after != before
@@ -136,3 +130,31 @@ def test_state_has_no_plaintext_private_key(machine):
     exported = stack.pulumi("stack", "export", "--show-secrets=false").stdout
     assert "PRIVATE KEY" not in exported
     assert "BEGIN OPENSSH" not in exported
+
+
+def test_todays_docker_with_overlay2_and_labels_as_written(machine):
+    """Issue 10: Debian 13's Docker 26 by default; labels reach dockerd verbatim through systemd (issue 8)."""
+    stack, name, _ = machine
+    env = docker_env(stack, name)
+    version = subprocess.run(["docker", "version", "--format", "{{.Server.Version}} {{.Server.APIVersion}}"],
+                             env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert version.returncode == 0, version.stderr
+    server, api = version.stdout.split()
+    assert int(server.split(".")[0]) >= 26, server
+    info = subprocess.run(["docker", "info", "--format", "{{.Driver}}|{{json .Labels}}"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    driver, labels = info.stdout.strip().split("|", 1)
+    assert driver == "overlay2"
+    assert set(json.loads(labels)) == {'note=50%off "q" $x', "provider=qemu"}
+
+
+def test_the_guest_has_buildx_compose_and_the_engine_env(machine):
+    stack, name, _ = machine
+
+    def guest(command: str) -> str:
+        return stack.machine("--stack", stack.name, "ssh", name, command).stdout
+
+    assert "github.com/docker/buildx" in guest("docker buildx version")
+    assert guest("docker compose version").startswith("Docker Compose version 2.")
+    environ = guest("sudo cat /proc/$(pidof dockerd)/environ | tr '\\0' '\\n'").splitlines()
+    assert 'DMP_PROBE=a"b%h' in environ  # neither a systemd specifier nor a quote was lost

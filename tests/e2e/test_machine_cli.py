@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
 from components import tls
-from tests.e2e.conftest import ROOT, have_tools
+from tests.e2e.conftest import ROOT, free_port, have_tools
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not have_tools(), reason="needs qemu, docker and curl (make setup)")]
 
@@ -214,6 +215,15 @@ def test_errors_are_one_line_and_exit_1(machine):
 
 def test_stop_then_start_brings_docker_back_over_tls(machine):
     stack, name, instance_dir = machine
+    # A container that restarts with Docker publishes its port again after the start (issue 11).
+    port = free_port()
+    env = docker_env(stack, name)
+    run = subprocess.run(
+        ["docker", "run", "-d", "--restart", "always", "-p", f"{port}:8080", "e2e/busybox", "sh", "-c",
+         "mkdir -p /w && echo again > /w/index.html && exec httpd -f -p 8080 -h /w"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
     out = ok(cli(stack, "stop", name))
     assert out.splitlines() == [f'Stopping "{name}"...', f'Machine "{name}" was stopped.']
     assert ok(cli(stack, "status", name)) == "Stopped\n"
@@ -233,6 +243,17 @@ def test_stop_then_start_brings_docker_back_over_tls(machine):
     assert ok(cli(stack, "status", name)) == "Running\n"
     assert one_line_error(cli(stack, "start", name)) == f'Error: Machine "{name}" is already running.'
     assert server_version(docker_env(stack, name)) == stack.outputs()["machines"][name]["dockerVersion"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _fetch(port) != "again":
+        time.sleep(1)
+    assert _fetch(port) == "again"
+    subprocess.run(["docker", "rm", "-f", run.stdout.strip()], env=env, capture_output=True, timeout=120)
+
+
+def _fetch(port: int) -> str | None:
+    result = subprocess.run(["curl", "-sf", "--max-time", "2", f"http://127.0.0.1:{port}/"], capture_output=True,
+                            text=True)  # fmt: skip
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def _alive(instance_dir: str) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 
 from scripts.machinecli import workspace
 from scripts.machinecli.errors import MachineError
+from scripts.machinecli.lifecycle import typed_config_value as _typed
 from scripts.machinecli.workspace import Lock, StackInfo, lock_message
 
 KEY = workspace.MACHINES_KEY
@@ -60,15 +61,6 @@ def _split_path(path: str) -> tuple[str, list[Any]]:
     assert m, path
     key, rest = m.group(1), path[m.end() :]
     return key, [int(index) if index else name for index, name in _PATH_RE.findall(rest)]
-
-
-def _typed(value: str) -> Any:
-    """What ``pulumi config set --path`` stores: true/false as booleans, integers as numbers."""
-    if value in ("true", "false"):
-        return value == "true"
-    if re.fullmatch(r"-?\d+", value):
-        return int(value)
-    return value
 
 
 class FakeWorkspace:

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from components import config
 from components.config import ConfigError
 from tests.unit.conftest import ROOT, Program, run_program
+from tests.unit.test_graph import SECRET_SIG, plain  # noqa: F401 - the drivers' tests use them from here
 
-SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker for a serialized secret
 # The SDKs warn about their own deprecated resources when they are imported.
 SDK_DEPRECATIONS = pytest.mark.filterwarnings("ignore:.*has been deprecated in favor of:DeprecationWarning")
 
@@ -29,16 +29,6 @@ STACK_PUBLIC = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIStackKey"
 STACK_PRIVATE = "-----BEGIN OPENSSH PRIVATE KEY-----\nSTACK\n-----END OPENSSH PRIVATE KEY-----\n"
 # The mocked outputs of the stack's SSH key, for ``run_program(overrides=...)``.
 STACK_KEY_OVERRIDE = {"dynamic/tls:SshKey": {"public_key": STACK_PUBLIC, "private_key": STACK_PRIVATE}}
-
-
-def plain(value):
-    if isinstance(value, dict) and SECRET_SIG in value:
-        return plain(value["value"])
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 def machine_spec(driver: str, options: dict | None = None, engine: dict | None = None, **machine: Any) -> dict:
@@ -57,6 +47,17 @@ def own_state(tmp_path_factory: pytest.TempPathFactory, unset: Iterable[str] = (
         for var in unset:
             mp.delenv(var, raising=False)
         yield
+
+
+def default_program(run: Any):
+    """A module-scoped fixture: the program with the driver's defaults, in its own state directory."""
+
+    @pytest.fixture(scope="module")
+    def default(tmp_path_factory) -> Program:
+        with own_state(tmp_path_factory):
+            return run()
+
+    return default
 
 
 def one(program: Program, typ: str):

@@ -8,6 +8,7 @@ import stat
 import pytest
 
 from components import dockercontext
+from components.tls import ClientTls
 
 FAKE_DOCKER = r"""#!/bin/sh
 # A docker CLI that knows contexts only: state in $FAKE_DOCKER_DIR/<name>, calls logged.
@@ -159,7 +160,7 @@ def test_the_resource_registers_with_the_key_as_a_secret():
             return {}
 
     pulumi.runtime.set_mocks(Mocks(), preview=False)
-    resource = dockercontext.DockerContext("dev-docker-context", "dev", "tcp://h:1", "CA", "CERT", "KEY")
+    resource = dockercontext.DockerContext("dev-docker-context", "dev", "tcp://h:1", ClientTls("CA", "CERT", "KEY"))
     _sync_await(resource.urn.future())
     inputs = seen["pulumi-python:dynamic/docker:Context"]
     assert (inputs["machine_name"], inputs["url"], inputs["ca_cert"]) == ("dev", "tcp://h:1", "CA")

@@ -1,4 +1,4 @@
-"""Golden tests: `scripts/machine` prints docker-machine's exact formats (docker-machine.md §1.2–1.5).
+"""Golden tests: `scripts/machine` prints docker-machine's exact formats (docs/cli.md).
 
 Expected texts are written out from the spec (and, for the tabwriter and templates, from Go's own
 text/tabwriter and text/template), never produced by the code under test.

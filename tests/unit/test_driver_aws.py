@@ -1,6 +1,6 @@
 """AWS EC2 driver under Pulumi mocks (no AWS account or plugin): every resource, invoke and wire, per option.
 
-The spec is docker-machine's ``amazonec2`` driver (docker-machine.md §2.1) with today's defaults: Canonical's
+The spec is docker-machine's ``amazonec2`` driver (docs/drivers.md#aws-ec2) with today's defaults: Canonical's
 Ubuntu 24.04 AMI looked up instead of a 16.04 map, gp3 volumes, a current instance type.
 """
 

@@ -1,6 +1,6 @@
 """Azure driver under Pulumi mocks (no subscription or plugin): every resource, lookup and wire, per option.
 
-The spec is docker-machine's ARM ``azure`` driver (docker-machine.md §2.2): resources ``<name>-nic``,
+The spec is docker-machine's ARM ``azure`` driver (docs/drivers.md#azure): resources ``<name>-nic``,
 ``<name>-ip``, ``<name>-firewall``; NSG rules SSHAllowAny 100, DockerAllowAny 300, user ports 1000+i; key-only
 login as ``docker-user``; the FQDN as the address with a DNS label. Today's defaults replace the retired ones
 (Ubuntu 24.04 instead of 16.04, a current VM size, Standard static public IPs now that Basic ones are retired).
@@ -62,10 +62,7 @@ def error_of(options) -> str:
     return common.config_error("azure", options)
 
 
-@pytest.fixture(scope="module")
-def default(tmp_path_factory) -> Program:
-    with common.own_state(tmp_path_factory):
-        return run()
+default = common.default_program(lambda: run())
 
 
 # --- defaults ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """DigitalOcean driver under Pulumi mocks (no token or plugin): every resource and wire, per option.
 
-The spec is docker-machine's ``digitalocean`` driver (docker-machine.md §2.3): a droplet named after the
+The spec is docker-machine's ``digitalocean`` driver (docs/drivers.md#digitalocean): a droplet named after the
 machine, SSH as root, the stack's key uploaded under the machine's name or an existing key by fingerprint.
 Beyond docker-machine (which created no firewall), a cloud firewall lets in only SSH and the engine port.
 """
@@ -56,10 +56,7 @@ def md5_colons(public_key: str) -> str:
     return ":".join(digest[i : i + 2] for i in range(0, 32, 2))
 
 
-@pytest.fixture(scope="module")
-def default(tmp_path_factory) -> Program:
-    with common.own_state(tmp_path_factory):
-        return run()
+default = common.default_program(lambda: run())
 
 
 # --- defaults ---------------------------------------------------------------------------------------------------

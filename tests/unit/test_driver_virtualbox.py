@@ -19,6 +19,7 @@ import yaml
 from components import config
 from components.config import ConfigError
 from components.drivers import virtualbox as vb
+from tests.fakes.http import send
 from tests.unit import fake_vbox as fake
 from tests.unit.conftest import Program, run_program
 
@@ -317,11 +318,7 @@ def test_image_url_is_downloaded_once(world, props, tmp_path):
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
             served.append(self.path)
-            body = b"KDMV" + b"\0" * 64
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send(self, b"KDMV" + b"\0" * 64)
 
         def log_message(self, *args):
             pass

@@ -1,4 +1,4 @@
-"""Provisioning scripts: daemon flags and drop-in as docker-machine renders them (§3), and the shell itself.
+"""Provisioning scripts: the daemon flags and drop-in (docs/provisioning.md), and the shell itself.
 
 Scripts are syntax-checked with ``sh -n`` and, where it matters, executed for real in a sandbox: a
 temporary PATH holding only the tools a script may use (stubs log their arguments) and the absolute

@@ -1,4 +1,4 @@
-"""docker-machine's TLS rules (docker-machine.md §4), the dynamic providers' create/diff, and a real handshake."""
+"""docker-machine's TLS rules (docs/tls.md), the dynamic providers' create/diff, and a real handshake."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from components import dockerapi, tls
+from tests.fakes.http import send
 
 OWNER = "alice"
 MACHINE = "default"
@@ -160,28 +161,26 @@ def test_ca_extensions(pki):
         cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
 
 
-def test_client_extensions(pki):
-    cert = certs(pki)["client"]
+def assert_leaf(cert: x509.Certificate, usages: set[str], purpose: x509.ObjectIdentifier) -> None:
+    """Not a CA, critical key usage with exactly ``usages``, a non-critical extended key usage of ``purpose``."""
     bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
     assert bc.critical and bc.value.ca is False
     assert cert.extensions.get_extension_for_class(x509.KeyUsage).critical
-    assert key_usage_flags(cert) == {"digital_signature"}
+    assert key_usage_flags(cert) == usages
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
-    assert not eku.critical
-    assert list(eku.value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert not eku.critical and list(eku.value) == [purpose]
+
+
+def test_client_extensions(pki):
+    cert = certs(pki)["client"]
+    assert_leaf(cert, {"digital_signature"}, ExtendedKeyUsageOID.CLIENT_AUTH)
     with pytest.raises(x509.ExtensionNotFound):
         cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
 
 
 def test_server_extensions(pki):
     cert = certs(pki)["server"]
-    bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
-    assert bc.critical and bc.value.ca is False
-    assert cert.extensions.get_extension_for_class(x509.KeyUsage).critical
-    assert key_usage_flags(cert) == {"digital_signature", "key_encipherment", "key_agreement"}
-    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
-    assert not eku.critical
-    assert list(eku.value) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert_leaf(cert, {"digital_signature", "key_encipherment", "key_agreement"}, ExtendedKeyUsageOID.SERVER_AUTH)
     assert not cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).critical
 
 
@@ -359,10 +358,7 @@ class FakeDocker(http.server.BaseHTTPRequestHandler):
         else:
             self.send_error(404)
             return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send(self, body)
 
     def log_message(self, *args):
         pass
