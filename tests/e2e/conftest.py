@@ -113,9 +113,23 @@ def remove_stack(stack: Stack) -> None:
         os.unlink(stack.config_file)
 
 
+def command_lines() -> list[str]:
+    """``PID ARGS…`` of every process, whole (ps cuts long command lines to the terminal's width)."""
+    lines = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    args = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            if args:
+                lines.append(f"{entry} {args}")
+    return lines
+
+
 def qemu_processes_for(path_fragment: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "qemu-system" in line and path_fragment in line]
+    return [line for line in command_lines() if "qemu-system" in line and path_fragment in line]
 
 
 def have_tools() -> bool:
@@ -144,8 +158,7 @@ def session_machine(name: str, **extra) -> dict:
 
 
 def processes_matching(fragment: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if fragment in line and "ps -eo" not in line]
+    return [line for line in command_lines() if fragment in line]
 
 
 def record_figure(key: str, value) -> None:

@@ -95,8 +95,9 @@ def test_up_killed_during_daemon_config_is_recovered_with_the_printed_command(ma
     events = tmp_path / "events.jsonl"
     up = subprocess.Popen(
         [os.path.join(ROOT, "scripts", "pulumi"), "up", "--yes", "--skip-preview", "--stack", stack.name,
-         "--non-interactive", "--event-log", str(events)], cwd=ROOT, env=stack.env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--non-interactive", "--event-log", str(events)], cwd=ROOT,
+        env=dict(stack.env, PULUMI_DEBUG_COMMANDS="true"),  # what makes --event-log (the Automation API's) available
+        stdout=open(tmp_path / "up.log", "w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and up.poll() is None:
@@ -104,7 +105,7 @@ def test_up_killed_during_daemon_config_is_recovered_with_the_printed_command(ma
         if any("resourcePreEvent" in line and f"{name}-daemon-config" in line for line in text.splitlines()):
             break
         time.sleep(0.2)
-    assert up.poll() is None, "up ended before daemon-config started"
+    assert up.poll() is None, "up ended before daemon-config started:\n" + (tmp_path / "up.log").read_text()[-3000:]
     time.sleep(1)
     run = _descendants(up.pid)
     assert run, "the engine started no language host or provider"
