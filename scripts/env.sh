@@ -18,6 +18,18 @@ if [ -z "${DMP_TOOLCHAIN_BIN:-}" ]; then
 fi
 case ":$PATH:" in *":$DMP_TOOLCHAIN_BIN:"*) ;; *) export PATH="$DMP_TOOLCHAIN_BIN:$PATH" ;; esac
 
+# Team mode (docs/team.md): a shared backend and the team's secrets key, stored once per user by
+# `scripts/machine backend set URL --key-file FILE`. PULUMI_BACKEND_URL and PULUMI_CONFIG_PASSPHRASE(_FILE) win.
+if [ -z "${PULUMI_BACKEND_URL:-}" ] && [ -s "$DMP_CONFIG_DIR/backend.url" ]; then
+  PULUMI_BACKEND_URL="$(cat "$DMP_CONFIG_DIR/backend.url")"
+  export PULUMI_BACKEND_URL
+fi
+if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ] \
+  && [ -s "$DMP_CONFIG_DIR/backend.key-file" ]; then
+  PULUMI_CONFIG_PASSPHRASE_FILE="$(cat "$DMP_CONFIG_DIR/backend.key-file")"
+  export PULUMI_CONFIG_PASSPHRASE_FILE
+fi
+
 # State: a user already logged into a backend keeps it; otherwise a local file backend, no login.
 dmp_logged_in() {
   local creds="${PULUMI_HOME:-$HOME/.pulumi}/credentials.json"
@@ -37,3 +49,12 @@ if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FI
   fi
   export PULUMI_CONFIG_PASSPHRASE_FILE="$DMP_CONFIG_DIR/passphrase"
 fi
+# A secrets key that others can read is no secret: refuse it, in one line.
+if [ -n "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ] && [ -e "$PULUMI_CONFIG_PASSPHRASE_FILE" ] \
+  && [ -n "$(find "$PULUMI_CONFIG_PASSPHRASE_FILE" -maxdepth 0 -perm /077 2>/dev/null)" ]; then
+  echo "Error: the secrets key $PULUMI_CONFIG_PASSPHRASE_FILE is readable by others: chmod 600 $PULUMI_CONFIG_PASSPHRASE_FILE" >&2
+  exit 1
+fi
+# A stack whose config file carries no salt (a teammate's stack, or one kept out of git) is read with the secrets
+# manager recorded in its state.
+export PULUMI_FALLBACK_TO_STATE_SECRETS_MANAGER=true

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from . import formats, lifecycle, power, probe, provision, remote, ui, workspace
+from . import formats, lifecycle, power, probe, provision, remote, team, ui, workspace
 from .errors import MachineError
 from .formats import FilterError, LsItem
 from .gotext import TemplateError
@@ -45,8 +45,9 @@ Name = Annotated[str | None, typer.Argument(help="Machine name (none: the machin
 Timeout = Annotated[int, typer.Option("--timeout", "-t", help="Seconds to wait for each host.")]
 
 
-def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., int | None]], Callable[..., None]]:
-    """An app command whose user errors become one ``Error: …`` line on stderr and exit status 1."""
+def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any) -> Callable[..., Callable[..., None]]:
+    """A command (of ``app``, or of a ``group`` of commands) whose user errors become one ``Error: …`` line on
+    stderr and exit status 1."""
 
     def decorate(body: Callable[..., int | None]) -> Callable[..., None]:
         @functools.wraps(body)
@@ -63,7 +64,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., int | None]], 
             if code:
                 raise typer.Exit(code)
 
-        return app.command(*args, **kwargs)(run)
+        return (group or app).command(*args, **kwargs)(run)
 
     return decorate
 
@@ -416,6 +417,60 @@ def context(
 
 
 @command()
+def up(
+    stack: StackOpt = None,
+    refresh: Annotated[bool, typer.Option("--refresh", help="Refresh the state from the hosts first.")] = False,
+) -> None:
+    """`pulumi up` on a whole stack, with its lock checked and its errors in one line each (`make up`)."""
+    current = _one_stack(stack)
+    workspace.get().up(current.name, None, refresh=refresh, title=f"pulumi up ({current.short})")
+
+
+backend_app = typer.Typer(help="Team mode: the shared state backend and the team's secrets key (docs/team.md).",
+                          no_args_is_help=True)  # fmt: skip
+app.add_typer(backend_app, name="backend")
+
+
+KeyFile = Annotated[str, typer.Option("--key-file", help="The team's secrets passphrase, in a 0600 file.")]
+
+
+@command("set", group=backend_app)
+def backend_set(
+    url: Annotated[str, typer.Argument(help="e.g. postgres://user:password@host:5432/pulumi?sslmode=require")],
+    key_file: KeyFile,
+) -> None:
+    """Use a shared backend and the team's secrets key from now on (stored for this user)."""
+    team.set_backend(url, key_file)
+
+
+@command("unset", group=backend_app)
+def backend_unset() -> None:
+    """Go back to your own file backend and secrets key."""
+    team.unset_backend()
+
+
+@command("show", group=backend_app)
+def backend_show() -> None:
+    """Print the backend in use (password hidden)."""
+    ui.info(team.shown(workspace.backend_url()))
+
+
+@command("migrate", group=backend_app)
+def backend_migrate(
+    url: Annotated[str, typer.Argument(help="The team's backend.")], key_file: KeyFile, stack: StackOpt = None
+) -> None:
+    """Move a stack, with its running machines, from the backend in use to the team's."""
+    team.migrate(_one_stack(stack).name, url, key_file)
+
+
+def _one_stack(stack: str | None):
+    current = registry(stack).current_stack()
+    if current is None:
+        raise MachineError("several stacks and none selected: choose one with --stack")
+    return current
+
+
+@command()
 def unlock(
     stack: StackOpt = None,
     check: Annotated[bool, typer.Option("--check", help="Only report a lock (exit 1 when there is one).")] = False,
@@ -424,10 +479,7 @@ def unlock(
     ] = False,
 ) -> None:
     """Clear a stack's lock left by a pulumi run that no longer exists (a killed `up`)."""
-    reg = registry(stack)
-    current = reg.current_stack()
-    if current is None:
-        raise MachineError("several stacks and none selected: choose one with --stack")
+    current = _one_stack(stack)
     ws = workspace.get()
     locks = ws.locks(current.name)
     for lock in locks:
@@ -442,4 +494,3 @@ def main(argv: list[str] | None = None) -> None:
     if argv is not None:
         ui.ARGV = argv
     app(args=ui.ARGV[1:], prog_name=os.path.basename(ui.ARGV[0]))
-

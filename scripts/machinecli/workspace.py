@@ -11,8 +11,11 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import socket
+import subprocess
 import sys
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -204,6 +207,10 @@ class Workspace:
             try:
                 call(self._stack(stack), on_output=show, on_event=on_event)
             except auto.errors.CommandError as err:
+                unreachable = backend_unreachable()
+                if unreachable:
+                    again = f"scripts/machine --stack {short_name(stack)} up --refresh"
+                    raise MachineError(f"pulumi {verb} failed: {unreachable}; once it is back: {again}") from None
                 self.check_lock(stack)
                 detail = "\n".join(dict.fromkeys(e for e in errors if e != "update failed")) or _message(err)
                 raise MachineError(f"pulumi {verb} failed:\n{detail}") from None
@@ -227,19 +234,13 @@ class Workspace:
     # --- locks ---------------------------------------------------------------------------------------------------
 
     def locks(self, stack: str) -> list[Lock]:
-        """The backend's locks on ``stack`` (a file backend's lock files; other backends report none here)."""
-        url = backend_url()
-        if not url.startswith("file://"):
-            return []
-        root = url.removeprefix("file://")
-        pattern = os.path.join(root, ".pulumi", "locks", "*", PROJECT, short_name(stack), "*.json")
+        """The backend's locks on ``stack``: a file backend's lock files, a PostgreSQL backend's lock rows."""
         found = []
-        for path in sorted(glob.glob(pattern)):
+        for raw in _lock_records(backend_url(), short_name(stack)):
             try:
-                with open(path) as f:
-                    data = json.load(f)
+                data = json.loads(raw)
                 found.append(Lock(int(data["pid"]), data["username"], data["hostname"], _when(data["timestamp"])))
-            except (OSError, ValueError, KeyError):
+            except (ValueError, KeyError, TypeError):
                 continue
         return found
 
@@ -265,6 +266,49 @@ def lock_message(stack: str, lock: Lock) -> str:
         f'stack "{short_name(stack)}" is in use by {lock.describe()}: wait for that run to end; if it is gone for '
         f"good, clear the lock with: {command} --force"
     )
+
+
+def _lock_records(url: str, stack: str) -> list[str]:
+    """The JSON of each lock on ``stack`` (the DIY layout: .pulumi/locks/<org>/<project>/<stack>/<id>.json)."""
+    if url.startswith("file://"):
+        pattern = os.path.join(url.removeprefix("file://"), ".pulumi", "locks", "*", PROJECT, stack, "*.json")
+        records = []
+        for path in sorted(glob.glob(pattern)):
+            try:
+                with open(path) as f:
+                    records.append(f.read())
+            except OSError:
+                continue
+        return records
+    if url.startswith(("postgres://", "postgresql://")):
+        parts = urllib.parse.urlsplit(url)
+        query = urllib.parse.parse_qs(parts.query)
+        table = (query.pop("table", None) or ["pulumi_state"])[0]
+        dsn = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, doseq=True)))
+        pattern = f".pulumi/locks/%/{PROJECT}/{stack}/%"
+        sql = f"select data from {table} where key like '{pattern}' order by key"  # names checked below
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", table) or not re.fullmatch(r"[A-Za-z0-9_.-]+", stack):
+            return []
+        try:
+            result = subprocess.run(["psql", dsn, "-X", "-At", "-c", sql], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        return [line for line in result.stdout.splitlines() if line.strip()] if result.returncode == 0 else []
+    return []
+
+
+def backend_unreachable() -> str | None:
+    """For a network backend (PostgreSQL): why it cannot be reached now, else None."""
+    url = backend_url()
+    if not url.startswith(("postgres://", "postgresql://")):
+        return None
+    parts = urllib.parse.urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "localhost", parts.port or 5432), timeout=5):
+            return None
+    except OSError as err:
+        shown = parts._replace(netloc=f"{parts.hostname}:{parts.port or 5432}", query="")
+        return f"the state backend {urllib.parse.urlunsplit(shown)} does not answer ({err.strerror or err})"
 
 
 def _when(timestamp: str) -> str:
