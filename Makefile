@@ -31,10 +31,10 @@ up: image
 	@echo 'Docker is up and running! To point your docker client at it, run:'
 	@echo '  eval "$$(scripts/machine env default)"'
 
+# What `up` would change, machine by machine, checked against the policy pack in policy/ (docs/preview.md).
 preview: setup
 	@$(STACK_FILE)
-	@$(UNLOCK)
-	@$(PULUMI) preview --stack $(STACK) --diff
+	@scripts/machine --stack $(STACK) preview
 
 down: setup
 	@$(UNLOCK)

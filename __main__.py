@@ -8,12 +8,13 @@ import pulumi
 from components import config, outputs
 from components.drivers._local import stack_state_dir
 from components.machine import DockerMachine, DockerMachineArgs
+from components.swarm import SwarmCluster
 from components.tls import CertificateAuthority
 
 try:
     settings = pulumi.Config()
     # Shape, types, driver options and host prerequisites (plugins, VirtualBox…), before any resource exists.
-    stack_config = config.load(settings.get("machines"), settings.get("ca_rotation"))
+    stack_config = config.load(settings.get("machines"), settings.get("ca_rotation"), settings.get("swarm"))
 except config.ConfigError as err:
     # One clear message; RunError prints no traceback.
     raise pulumi.RunError(str(err)) from None
@@ -40,3 +41,7 @@ pulumi.export(names["client_cert"], authority.client_cert)
 pulumi.export(names["client_key"], authority.client_key)
 pulumi.export(names["machines"], {name: m.outputs for name, m in machines.items()})
 pulumi.export(names["ssh_private_keys"], {name: m.ssh_private_key for name, m in machines.items()})
+if stack_config.swarm:
+    swarm = SwarmCluster("swarm", stack_config.swarm, machines)
+    pulumi.export(names["swarm"], swarm.outputs)
+    pulumi.export(names["swarm_join_tokens"], swarm.join_tokens)

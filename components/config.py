@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from components import drivers
-from components.model import ConfigError, EngineOptions, MachineConfig, StackConfig
+from components.model import ConfigError, EngineOptions, MachineConfig, StackConfig, SwarmConfig
 
 __all__ = ["ConfigError", "load", "parse"]
 
@@ -21,6 +21,7 @@ EXAMPLE = (
     "e.g. in stacks/Pulumi.<stack>.yaml: `docker-machine:machines: [{name: default, driver: qemu}]`, "
     "or: scripts/pulumi config set --path 'machines[0].name' default"
 )
+SWARM_EXAMPLE = "`docker-machine:swarm: {managers: [node1], workers: [node2]}`"
 _HEADER = "invalid stack configuration:\n  "
 
 
@@ -49,6 +50,8 @@ def _location(loc: tuple[Any, ...], machines: list[Any]) -> str:
 def _allowed_keys(loc: tuple[Any, ...], machines: list[Any]) -> list[str]:
     """The settings allowed where an unknown key was found."""
     model: type[BaseModel] = StackConfig
+    if len(loc) == 2 and loc[0] == "swarm":
+        model = SwarmConfig
     if len(loc) >= 3 and loc[0] == "machines":
         model = MachineConfig
         section = loc[2:-1]
@@ -85,6 +88,10 @@ def _describe(e: dict[str, Any], prefix: tuple[Any, ...], machines: list[Any]) -
         )
     elif e["type"] == "literal_error":
         message = f"{e['input']!r} is not allowed; {message[0].lower()}{message[1:]}"
+    elif e["type"] == "missing" and loc == ("swarm", "managers"):
+        message = "a swarm needs at least one manager (machine names)"
+    elif e["type"] in _TYPE_ERRORS and loc == ("swarm",):
+        message = f"a mapping is wanted, got {_shown(e['input'])}; e.g. {SWARM_EXAMPLE}"
     elif e["type"] in _TYPE_ERRORS:
         message = f"{message}, got {_shown(e['input'])}"
         if loc == ("machines",) or (len(loc) == 2 and loc[0] == "machines"):
@@ -94,11 +101,33 @@ def _describe(e: dict[str, Any], prefix: tuple[Any, ...], machines: list[Any]) -
     return f"{_location(loc, machines) or 'machines'}: {message}"
 
 
-def parse(raw: Any, ca_rotation: str = "") -> StackConfig:
-    """Validate the raw ``machines`` list, driver options included; ConfigError naming each bad field."""
+def _swarm_lines(config: StackConfig) -> list[str]:
+    """A swarm's names against the stack's machines: known, each in one role, advertise only for members."""
+    swarm = config.swarm
+    if swarm is None:
+        return []
+    known = [m.name for m in config.machines]
+    lines, roles = [], {}
+    for role, names in (("managers", swarm.managers), ("workers", swarm.workers)):
+        for name in names:
+            if name not in known:
+                lines.append(f"swarm.{role}: unknown machine {name!r}; machines: {', '.join(known)}")
+            elif name in roles:
+                twice = "is listed twice" if roles[name] == role else f"is in both {roles[name]} and {role}"
+                lines.append(f"swarm.{role}: machine {name!r} {twice}; a machine has one role")
+            roles.setdefault(name, role)
+    for name in swarm.advertise:
+        if name not in roles:
+            lines.append(f"swarm.advertise: {name!r} is not a member of the swarm; members: {', '.join(roles)}")
+    return lines
+
+
+def parse(raw: Any, ca_rotation: str = "", swarm: Any = None) -> StackConfig:
+    """Validate the raw ``machines`` list (driver options included) and ``swarm``; ConfigError naming each bad
+    field."""
     machines = raw if isinstance(raw, list) else []
     try:
-        config = StackConfig.model_validate({"machines": raw, "ca_rotation": ca_rotation})
+        config = StackConfig.model_validate({"machines": raw, "ca_rotation": ca_rotation, "swarm": swarm})
     except ValidationError as err:
         raise ConfigError(_HEADER + "\n  ".join(_describe(e, (), machines) for e in err.errors())) from None
     validated, lines, seen = [], [], set()
@@ -120,6 +149,7 @@ def parse(raw: Any, ca_rotation: str = "") -> StackConfig:
         if machine.state == "stopped" and not driver.supports_power:
             lines.append(f"{where}.state: the {machine.driver} driver cannot stop a machine")
         validated.append(machine.model_copy(update={"options": options}))
+    lines += _swarm_lines(config)
     if lines:
         raise ConfigError(_HEADER + "\n  ".join(lines))
     return config.model_copy(update={"machines": validated})
@@ -137,8 +167,9 @@ def preflight(config: StackConfig) -> None:
         raise ConfigError(_HEADER + "\n  ".join(lines))
 
 
-def load(raw_machines: str | None, ca_rotation: str | None = None) -> StackConfig:
-    """The program's entry point: the ``machines`` config value as Pulumi hands it over (JSON text), checked."""
+def load(raw_machines: str | None, ca_rotation: str | None = None, raw_swarm: str | None = None) -> StackConfig:
+    """The program's entry point: the ``machines`` (and ``swarm``) config values as Pulumi hands them over (JSON
+    text), checked."""
     if raw_machines is None:
         raise ConfigError(f"machines: no machine is declared; {EXAMPLE}")
     try:
@@ -150,6 +181,12 @@ def load(raw_machines: str | None, ca_rotation: str | None = None) -> StackConfi
         kinds = {dict: "a single mapping", str: "a string", bool: "true/false", type(None): "null"}
         kind = kinds.get(type(value), "a number")
         raise ConfigError(f"machines: a list of machines is wanted, got {kind}; {EXAMPLE}")
-    config = parse(value, ca_rotation or "")
+    swarm = None
+    if raw_swarm is not None:
+        try:
+            swarm = json.loads(raw_swarm)
+        except ValueError:
+            raise ConfigError(f"swarm: a mapping is wanted, e.g. {SWARM_EXAMPLE}") from None
+    config = parse(value, ca_rotation or "", swarm)
     preflight(config)
     return config

@@ -52,6 +52,11 @@ class DockerMachine(pulumi.ComponentResource):
             pulumi.Output.from_input(host.address).apply(lambda address: server_sans(address, machine.tls_san)),
             machine.tls_rotation, opts=child,
         )  # fmt: skip
+        # For steps that come after this machine's own (a swarm), not outputs: the SSH connection (a secret), the
+        # address the Docker client dials, where the stack's other machines reach it (None when the driver gives no
+        # such address), and the resource after which Docker answers over TLS.
+        self.connection = _connection(host)
+        self.private_address: pulumi.Output[str] | None = None
         daemon_script, daemon = self._provision(name, machine, host, args.authority, server_cert)
         verified = DockerApiCheck(
             f"{name}-docker-check",
@@ -66,6 +71,8 @@ class DockerMachine(pulumi.ComponentResource):
         )
         port = pulumi.Output.from_input(host.engine_port).apply(int)  # numbers may come back as floats
         self.url = pulumi.Output.format("tcp://{0}:{1}", host.address, port)
+        self.address = pulumi.Output.from_input(host.address)
+        self.ready = verified
         self._after_docker(name, machine, host, args.authority, verified)
 
         self.ssh_private_key = pulumi.Output.secret(host.ssh_private_key)
@@ -89,14 +96,7 @@ class DockerMachine(pulumi.ComponentResource):
     def _provision(self, name: str, machine: MachineConfig, host: Host, authority: CertificateAuthority,
                    server_cert: ServerCertificate) -> tuple[pulumi.Output[str], RemoteCommand]:  # fmt: skip
         """The remote steps, each after the previous one: wait for SSH, install Docker, TLS files, daemon config."""
-        connection = pulumi.Output.secret({
-            "host": host.ssh_host,
-            "port": host.ssh_port,
-            "user": host.ssh_user,
-            "private_key": host.ssh_private_key,
-            "dial_error_limit": host.dial_error_limit,
-            "per_dial_timeout": 10,
-        })  # fmt: skip
+        connection = self.connection
 
         def step(stage: str, script: pulumi.Input[str], after: pulumi.Resource | None, **kwargs) -> RemoteCommand:
             return RemoteCommand(
@@ -138,6 +138,18 @@ class DockerMachine(pulumi.ComponentResource):
                 running=machine.state == "running",
                 static=list(host.port_forwarding.static), opts=after,
             )  # fmt: skip
+
+
+def _connection(host: Host) -> pulumi.Output[dict]:
+    """How RemoteCommand reaches the host over SSH; a secret, as it holds the private key."""
+    return pulumi.Output.secret({
+        "host": host.ssh_host,
+        "port": host.ssh_port,
+        "user": host.ssh_user,
+        "private_key": host.ssh_private_key,
+        "dial_error_limit": host.dial_error_limit,
+        "per_dial_timeout": 10,
+    })  # fmt: skip
 
 
 def _machine_outputs(machine: MachineConfig, v: dict) -> dict:

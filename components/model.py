@@ -180,7 +180,45 @@ class MachineConfig(StrictModel):
         return [address_or_dns_name(san) for san in v]
 
 
+_INTERFACE_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]{0,14}$")
+
+
+class SwarmConfig(StrictModel):
+    """One swarm-mode cluster over the stack's machines (docker-machine's --swarm/--swarm-master, for today's
+    Docker): ``docker-machine:swarm: {managers: [a], workers: [b, c]}``."""
+
+    managers: list[str] = Field(description="machine names; the first one initialises the swarm")
+    workers: list[str] = []
+    # Per machine, the address or interface other nodes reach it at (docker's --advertise-addr); by default the
+    # machine's private address where its driver gives one, else the address the Docker client dials.
+    advertise: dict[str, str] = {}
+
+    @field_validator("managers")
+    @classmethod
+    def _a_manager(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("a swarm needs at least one manager (machine names)")
+        return v
+
+    @field_validator("advertise")
+    @classmethod
+    def _addresses(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                if not _INTERFACE_RE.match(value):
+                    raise ValueError(f"{name}: {value!r} is neither an IP address nor an interface name") from None
+        return v
+
+    @property
+    def members(self) -> list[tuple[str, str]]:
+        """(machine, role) of every member but the first manager, which initialises the swarm."""
+        return [(m, "manager") for m in self.managers[1:]] + [(w, "worker") for w in self.workers]
+
+
 class StackConfig(StrictModel):
     machines: list[MachineConfig] = Field(min_length=1)
+    swarm: SwarmConfig | None = None
     # Changing it replaces the stack's CA and client certificate (regenerate-certs --client-certs).
     ca_rotation: str = ""

@@ -26,6 +26,7 @@ class DynamicType(NamedTuple):
 
 
 COMPONENT = "dockermachine:index:DockerMachine"
+SWARM_COMPONENT = "dockermachine:index:Swarm"
 REMOTE_COMMAND = DynamicType("remote", "Command")
 API_CHECK = DynamicType("docker", "ApiCheck")
 DOCKER_CONTEXT = DynamicType("docker", "Context")
@@ -35,6 +36,24 @@ SSH_KEY = DynamicType("tls", "SshKey")
 QEMU_VM = DynamicType("qemu", "Vm")
 VIRTUALBOX_VM = DynamicType("virtualbox", "Vm")
 PORT_FORWARDER = DynamicType("qemu", "PortForwarder")
+
+# The resource that is the machine itself, per driver (the cloud SDKs' tokens): replacing or deleting it loses
+# the containers and volumes on it.
+VM_TYPES = frozenset({
+    QEMU_VM.token, VIRTUALBOX_VM.token,
+    "aws:ec2/instance:Instance", "azure-native:compute:VirtualMachine", "digitalocean:index/droplet:Droplet",
+})  # fmt: skip
+# Local VM inputs applied by powering the VM off and on again (anything else they own needs a new VM).
+POWER_CYCLE_INPUTS = {
+    QEMU_VM.token: ("cpus", "memory", "accel_requested", "forwards"),
+    VIRTUALBOX_VM.token: ("cpus", "memory", "ui_type"),
+}
+# Cloud firewalls the drivers create, with the input holding their inbound rules.
+INGRESS_INPUTS = {
+    "aws:ec2/securityGroup:SecurityGroup": "ingress",
+    "azure-native:network:NetworkSecurityGroup": "securityRules",
+    "digitalocean:index/firewall:Firewall": "inboundRules",
+}
 
 
 class _Model(BaseModel):
@@ -71,17 +90,32 @@ class MachineOutputs(_Model):
         return host.strip("[]"), int(port or 0)
 
 
+class SwarmOutputs(_Model):
+    """``swarm``: the stack's swarm-mode cluster (its join tokens are the secret ``swarmJoinTokens``)."""
+
+    managers: list[str] = []
+    workers: list[str] = []
+    # host:port of the first manager on the swarm's network, what `docker swarm join` dials.
+    manager_address: str = ""
+
+    def role(self, machine: str) -> str:
+        return "manager" if machine in self.managers else "worker" if machine in self.workers else ""
+
+
 class StackOutputs(_Model):
-    """Every output of a stack of this project. Keys, certificates and SSH keys are secrets."""
+    """Every output of a stack of this project. Keys, certificates, SSH keys and join tokens are secrets."""
 
     ca_cert: str = ""
     client_cert: str = ""
     client_key: str = ""
     machines: dict[str, MachineOutputs] = {}
     ssh_private_keys: dict[str, str] = Field({}, description="per machine, the private key that logs in")
+    swarm: SwarmOutputs | None = None
+    swarm_join_tokens: dict[str, str] = Field({}, description="worker and manager join tokens")
 
 
-# The top-level output names, from the model (caCert, clientCert, clientKey, machines, sshPrivateKeys).
+# The top-level output names, from the model (caCert, clientCert, clientKey, machines, sshPrivateKeys, swarm,
+# swarmJoinTokens).
 OUTPUT_NAMES = {name: field.alias for name, field in StackOutputs.model_fields.items()}
 
 

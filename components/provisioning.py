@@ -222,3 +222,103 @@ REBOOT = "(sleep 1; systemctl reboot || shutdown -r now) >/dev/null 2>&1 &\n"
 
 def digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+# --- swarm mode (components/swarm.py) -------------------------------------------------------------------------------
+
+SWARM_PORT = 2377
+# On the first manager: each member's node ID, written when it joined, read when it is removed (delete commands
+# get no input of their own).
+SWARM_STATE_DIR = "/var/lib/docker-machine/swarm"
+# A swarm command that cannot reach a quorum must not hang a destroy.
+SWARM_TIMEOUT = 60
+_SWARM_STATE = "docker info --format '{{.Swarm.LocalNodeState}}'"
+
+
+def swarm_init_script(advertise: str) -> str:
+    """Initialise the swarm on the first manager, unless it already manages one (a second `up`)."""
+    addr = shlex.quote(advertise)
+    return f"""set -e
+state="$({_SWARM_STATE})"
+if [ "$state" = active ]; then
+  if [ "$(docker info --format '{{{{.Swarm.ControlAvailable}}}}')" = true ]; then exit 0; fi
+  echo "this machine is a worker of another swarm: run 'docker swarm leave' on it first" >&2
+  exit 1
+fi
+docker swarm init --advertise-addr {addr} --listen-addr {addr}:{SWARM_PORT} >/dev/null
+"""
+
+
+# The first manager's tokens and address, one per line (the command's stdout is a secret output).
+SWARM_TOKENS = """set -e
+docker swarm join-token -q worker
+docker swarm join-token -q manager
+docker info --format '{{.Swarm.NodeAddr}}'
+"""
+
+SWARM_LEAVE = f"timeout {SWARM_TIMEOUT} docker swarm leave --force >/dev/null 2>&1 || true"
+
+
+def swarm_join_script(role: str, token: str, manager: str, advertise: str) -> str:
+    """Join as ``role`` unless already a member (left alone); print the node's ID."""
+    return f"""set -e
+state="$({_SWARM_STATE})"
+if [ "$state" != active ]; then
+  # An earlier join that never completed leaves the node pending.
+  [ "$state" = inactive ] || docker swarm leave --force >/dev/null 2>&1 || true
+  timeout 300 docker swarm join --token "$(cat <<'__TOKEN__'
+{token}
+__TOKEN__
+)" --advertise-addr {shlex.quote(advertise)} {shlex.quote(manager)}:{SWARM_PORT} >/dev/null
+fi
+docker info --format '{{{{.Swarm.NodeID}}}}'
+# joined as {role}
+"""
+
+
+def swarm_ready_script(machine: str, role: str, node_id: str) -> str:
+    """On the first manager: wait until the new node is Ready, and keep its ID for its removal."""
+    node = shlex.quote(node_id)
+    return f"""set -e
+mkdir -p {SWARM_STATE_DIR}
+printf '%s\\n' {node} > {SWARM_STATE_DIR}/{shlex.quote(machine)}.id
+for _ in $(seq 1 120); do
+  if [ "$(docker node inspect --format '{{{{.Status.State}}}}' {node} 2>/dev/null)" = ready ]; then exit 0; fi
+  sleep 1
+done
+echo "node {machine} ({role}) did not become Ready in the swarm" >&2
+exit 1
+"""
+
+
+def swarm_drain_script(machine: str) -> str:
+    """On the first manager, when a member goes: drain it (its tasks move), and demote it if it is a manager."""
+    file = f"{SWARM_STATE_DIR}/{shlex.quote(machine)}.id"
+    return f"""id="$(cat {file} 2>/dev/null)" || exit 0
+t="timeout {SWARM_TIMEOUT}"
+$t docker node update --availability drain "$id" >/dev/null 2>&1 || exit 0
+for _ in $(seq 1 {SWARM_TIMEOUT}); do
+  [ -z "$($t docker node ps "$id" --filter desired-state=running -q 2>/dev/null)" ] && break
+  sleep 1
+done
+if [ "$($t docker node inspect --format '{{{{.Spec.Role}}}}' "$id" 2>/dev/null)" = manager ]; then
+  $t docker node demote "$id" >/dev/null 2>&1 || true
+fi
+echo "{machine} drained"
+"""
+
+
+def swarm_remove_script(machine: str) -> str:
+    """On the first manager, after the member left: remove its node."""
+    file = f"{SWARM_STATE_DIR}/{shlex.quote(machine)}.id"
+    return f"""id="$(cat {file} 2>/dev/null)" || exit 0
+t="timeout {SWARM_TIMEOUT}"
+# A node that left shows as down after a few heartbeats; remove it then (--force only after the wait).
+for _ in $(seq 1 30); do
+  [ "$($t docker node inspect --format '{{{{.Status.State}}}}' "$id" 2>/dev/null)" != ready ] && break
+  sleep 1
+done
+$t docker node rm --force "$id" >/dev/null 2>&1 || true
+rm -f {file}
+echo "{machine} removed from the swarm"
+"""

@@ -283,7 +283,7 @@ class VmProvider(LocalVmProvider):
         "name", "instance_dir", "image", "kernel", "initrd", "cmdline", "disk", "ssh_user",
         "authorized_key", "network", "bridge", "bridge_cidr", "address", "engine_port",
     )  # fmt: skip
-    RESTART_ON = ("cpus", "memory", "accel_requested", "forwards")
+    RESTART_ON = outputs.POWER_CYCLE_INPUTS[outputs.QEMU_VM.token]
 
     def power_matches(self, olds: dict[str, Any], power: str) -> bool:
         # `state` is what the last up/refresh saw; a VM whose qemu is gone since (killed, host rebooted) is stopped.

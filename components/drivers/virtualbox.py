@@ -414,7 +414,7 @@ class VmProvider(LocalVmProvider):
         "name", "instance_dir", "image", "os_type", "disk", "ssh_user", "authorized_key", "hostonly_cidr",
         "hostonly_ip", "nat_nictype", "hostonly_nictype",
     )  # fmt: skip
-    RESTART_ON = ("cpus", "memory", "ui_type")
+    RESTART_ON = outputs.POWER_CYCLE_INPUTS[outputs.VIRTUALBOX_VM.token]
 
     def power_matches(self, olds: dict[str, Any], power: str) -> bool:
         return power_matches(olds.get("state"), power)

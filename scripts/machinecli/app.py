@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from . import formats, lifecycle, power, probe, provision, remote, team, ui, workspace
+from . import formats, lifecycle, power, probe, provision, remote, review, team, ui, workspace
 from .errors import MachineError
 from .formats import FilterError, LsItem
 from .gotext import TemplateError
@@ -105,7 +105,8 @@ def ls(
     for w in reg.warnings:
         ui.warn(w)
     labels = probe.labels(machines) if filters.label else {}
-    candidates = [LsItem(m.name, m.stack, m.driver, "", labels=labels.get((m.stack, m.name), ())) for m in machines]
+    candidates = [LsItem(m.name, m.stack, m.driver, "", labels=labels.get((m.stack, m.name), ()),
+                         swarm_master=m.swarm_master) for m in machines]  # fmt: skip
     keep = [formats.matches(i, filters, with_state=False) for i in candidates]
     machines = [m for m, k in zip(machines, keep, strict=True) if k]
     if quiet and not filters.needs_state:
@@ -157,12 +158,10 @@ def env(
     unset: Annotated[bool, typer.Option("--unset", "-u", help="Print the commands that unset the variables.")] = False,
     no_proxy: Annotated[bool, typer.Option("--no-proxy", help="Add the machine's IP to NO_PROXY.")] = False,
     swarm: Annotated[
-        bool, typer.Option("--swarm", help="Not supported: there is no legacy Swarm.", hidden=True)
+        bool, typer.Option("--swarm", help="Point at the first manager of the machine's swarm instead.")
     ] = False,
 ) -> None:
     """Print the shell commands that point the docker client at a machine (eval them)."""
-    if swarm:
-        raise MachineError("--swarm is not supported: machines have no legacy Swarm")
     command_line = formats.command_line(ui.argv0(), ui.ARGV[1:])
     values, ip = None, ""
     if unset:
@@ -170,6 +169,10 @@ def env(
             raise MachineError("Expected no machine name when the -u flag is present")
     else:
         machine = one(stack, name)
+        if swarm:
+            if not machine.swarm_master:
+                raise MachineError(f'"{machine.name}" is not a member of a swarm (docker-machine:swarm in its stack)')
+            machine = one(machine.stack, machine.swarm_master)
         probe.require_docker(machine, "Error checking TLS connection: ")
         machine.write_client_certs()
         values, ip = {k: str(machine.env.get(k, "")) for k in formats.ENV_KEYS}, machine.ip
@@ -424,6 +427,26 @@ def up(
     """`pulumi up` on a whole stack, with its lock checked and its errors in one line each (`make up`)."""
     current = _one_stack(stack)
     workspace.get().up(current.name, None, refresh=refresh, title=f"pulumi up ({current.short})")
+
+
+@command()
+def preview(
+    stack: StackOpt = None,
+    refresh: Annotated[bool, typer.Option("--refresh", help="Refresh the state from the hosts first (drift).")] = False,
+    expect_no_changes: Annotated[
+        bool, typer.Option("--expect-no-changes", help="Exit 2 when anything would change (drift checks).")
+    ] = False,
+    output: Annotated[str, typer.Option("--format", help="markdown, text or json.")] = "text",
+    policy_config: Annotated[
+        list[str] | None, typer.Option("--policy-config", help="A policy pack config file (pulumi's JSON format).")
+    ] = None,
+    raw: Annotated[
+        str | None, typer.Option("--raw", help="Also save what the report is built from (pulumi's JSON) to a file.")
+    ] = None,
+) -> int:
+    """What `up` would change, machine by machine, with its consequences and the policy pack's results."""
+    return review.run(stack or GLOBAL["stack"], refresh=refresh, expect_no_changes=expect_no_changes,
+                      output=output, policy_configs=policy_config or [], raw=raw)  # fmt: skip
 
 
 backend_app = typer.Typer(help="Team mode: the shared state backend and the team's secrets key (docs/team.md).",

@@ -148,6 +148,16 @@ class LsItem:
     active_host: bool = False
     response_time: float = 0.0
     labels: tuple[str, ...] = ()
+    # The swarm's first manager, and this machine's role in it ("" outside a swarm).
+    swarm_master: str = ""
+    swarm_role: str = ""
+
+    @property
+    def swarm(self) -> str:
+        """docker-machine's SWARM column: the master's name, with " (master)" on the master itself."""
+        if not self.swarm_master:
+            return ""
+        return f"{self.swarm_master} (master)" if self.name == self.swarm_master else self.swarm_master
 
     @property
     def active(self) -> str:
@@ -164,7 +174,7 @@ class LsItem:
             "DriverName": self.driver,
             "State": self.state,
             "URL": self.url,
-            "Swarm": "",
+            "Swarm": self.swarm,
             "DockerVersion": self.docker_version,
             "Error": self.error,
             "ResponseTime": go_duration(self.response_time),
@@ -266,7 +276,7 @@ def matches(item: LsItem, filters: Filters, with_state: bool = True) -> bool:
         return False
     if filters.label and not _label_match(item.labels, filters.label):
         return False
-    if filters.swarm:  # no machine is a swarm master
+    if filters.swarm and item.swarm_master not in filters.swarm:
         return False
     if filters.stack and item.stack not in filters.stack:
         return False

@@ -55,6 +55,12 @@ class Machine:
         return self.info.ssh
 
     @property
+    def swarm_master(self) -> str:
+        """The first manager of the stack's swarm when this machine is a member of it, else ""."""
+        swarm = self.stack_outputs.swarm
+        return swarm.managers[0] if swarm and swarm.role(self.name) else ""
+
+    @property
     def ssh_key(self) -> str | None:
         return self.stack_outputs.ssh_private_keys.get(self.name)
 

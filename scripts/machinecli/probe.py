@@ -184,6 +184,7 @@ def ls_items(machines: list[Machine], timeout: float) -> list[LsItem]:
                 name=machine.name, stack=machine.stack, driver=machine.driver, state=result.state,
                 url=machine.url if running else "", docker_version=version, error="; ".join(errors),
                 active_host=running and machine.url == docker_host, response_time=result.response_time,
+                swarm_master=machine.swarm_master,
             )
         )  # fmt: skip
     return items

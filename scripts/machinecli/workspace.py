@@ -18,7 +18,7 @@ import sys
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -98,6 +98,16 @@ def _message(err: Exception) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
     return (errors or lines or [text.strip()])[-1]
+
+
+@dataclass
+class Preview:
+    """What ``Workspace.preview`` saw: the ``--json`` document, policy violations, error lines."""
+
+    document: dict[str, Any] = field(default_factory=dict)
+    policy_events: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    failed: bool = False
 
 
 class _Workspace(auto.LocalWorkspace):
@@ -214,6 +224,50 @@ class Workspace:
                 self.check_lock(stack)
                 detail = "\n".join(dict.fromkeys(e for e in errors if e != "update failed")) or _message(err)
                 raise MachineError(f"pulumi {verb} failed:\n{detail}") from None
+
+    def preview(self, stack: str, *, refresh: bool, policy_packs: list[str], policy_configs: list[str]) -> Preview:
+        """``pulumi preview --json`` (the document is the command's stdout) and the policy events sent alongside;
+        a failed preview (a mandatory policy violation, a program error) still returns what it printed."""
+        self.check_lock(stack)
+        printed: list[str] = []
+        found = Preview()
+
+        def on_event(event: auto.EngineEvent) -> None:
+            policy, diagnostic = event.policy_event, event.diagnostic_event
+            if policy is not None:
+                found.policy_events.append({
+                    "resourceUrn": policy.resource_urn or "", "message": policy.message,
+                    "policyName": policy.policy_name, "policyPackName": policy.policy_pack_name,
+                    "enforcementLevel": policy.enforcement_level,
+                })  # fmt: skip
+            elif diagnostic is not None and diagnostic.severity == "error" and not diagnostic.urn:
+                found.errors.append(diagnostic.message.strip())
+            elif diagnostic is not None and diagnostic.severity == "error":
+                found.errors.append(f"{diagnostic.urn.rsplit('::', 1)[-1]}: {diagnostic.message.strip()}")
+
+        try:
+            self._stack(stack).preview(
+                json=True, refresh=refresh or None, policy_packs=policy_packs or None,
+                policy_pack_configs=policy_configs or None, color="never", on_output=printed.append,
+                on_event=on_event,
+            )  # fmt: skip
+        except auto.errors.CommandError as err:
+            unreachable = backend_unreachable()
+            if unreachable:
+                raise MachineError(f"pulumi preview failed: {unreachable}") from None
+            found.failed = True
+            if not found.errors:
+                found.errors.append(_message(err))
+        text = "\n".join(printed)
+        try:
+            found.document = json.loads(text[text.index("{") :]) if "{" in text else {}
+        except ValueError:
+            found.document = {}
+        found.errors = [e for e in dict.fromkeys(found.errors) if e not in ("preview failed", "update failed")]
+        return found
+
+    def has_stack(self, stack: str) -> bool:
+        return any(short_name(s.name) == short_name(stack) for s in self.stacks())
 
     def forget(self, stack: str, urn: str) -> None:
         """Drop a resource and what depends on it from the state, deleting nothing (``rm -f`` after a failure)."""

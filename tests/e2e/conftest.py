@@ -12,6 +12,7 @@ import subprocess
 from dataclasses import dataclass
 
 import pytest
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -51,12 +52,12 @@ class Stack:
 
 
 def rewrite_machines(stack: Stack, machines: list[dict]) -> None:
-    """Replace the stack's machines, keeping what Pulumi wrote into its config file (salt, secrets provider)."""
+    """Replace the stack's machines, keeping the rest of its config file (salt, secrets provider, other keys)."""
     with open(stack.config_file) as f:
-        kept = [line for line in f.read().splitlines() if line.startswith(("encryptionsalt", "secretsprovider"))]
+        document = yaml.safe_load(f) or {}
+    document.setdefault("config", {})["docker-machine:machines"] = machines
     with open(stack.config_file, "w") as f:
-        json.dump({"config": {"docker-machine:machines": machines}}, f)  # JSON is YAML
-        f.write("\n" + "\n".join(kept) + "\n")
+        json.dump(document, f, indent=1)  # JSON is YAML
 
 
 def write_stack_config(name: str, machines: list[dict]) -> str:

@@ -143,6 +143,7 @@ def run_program(
     overrides: dict[str, dict[str, Any]] | None = None,
     calls: dict[str, Any] | None = None,
     ids: dict[str, str] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Program:
     """Execute __main__.py with `docker-machine:machines` set to ``machines``; return what it registered.
 
@@ -153,13 +154,15 @@ def run_program(
     a result may be a callable taking the call's arguments, and may return ``(outputs, [(property, reason)])``
     to make the call fail. Unlisted calls return ``{}``.
     ``ids``: {type-token suffix: id} for resources whose id must look real (default ``<name>-id``).
+    ``config``: other ``docker-machine:`` keys (e.g. ``swarm``), JSON-encoded as Pulumi hands them over.
     """
     program = Program() if program is None else program
     mocks = RecordingMocks(program, overrides, calls, ids)
     pulumi.runtime.set_mocks(
         mocks, project="docker-machine", stack=stack, preview=preview, monitor=RecordingMonitor(mocks)
     )
-    pulumi.runtime.set_all_config({"docker-machine:machines": json.dumps(machines)})
+    extra = {f"docker-machine:{key}": json.dumps(value) for key, value in (config or {}).items()}
+    pulumi.runtime.set_all_config({"docker-machine:machines": json.dumps(machines), **extra})
 
     def execute():
         spec = importlib.util.spec_from_file_location("program_under_test", os.path.join(ROOT, "__main__.py"))
@@ -169,6 +172,10 @@ def run_program(
     settings = pulumi.runtime.settings.SETTINGS
     settings.rpc_manager.clear()
     settings.outputs.clear()
+    # The mocks keep one root stack resource across runs: drop what an earlier run exported.
+    root = pulumi.runtime.settings.get_root_resource()
+    if root is not None and hasattr(root, "outputs"):
+        root.outputs = {}
     _sync_await(run_pulumi_func(execute))
     stack_resource = pulumi.runtime.settings.get_root_resource()
     exported = getattr(stack_resource, "outputs", {}) if stack_resource else {}
