@@ -25,6 +25,7 @@ COMMENT_LIMIT = 65536
 ANYWHERE = ("0.0.0.0/0", "::/0", "*", "Internet", "Any")
 REPLACE_OPS = ("replace", "create-replacement", "delete-replaced", "discard-replaced")
 ACTIONS = ("create", "replace", "delete", "update", "unchanged")
+DESTRUCTIVE, DISRUPTIVE, NOTE = "destructive", "disruptive", "note"
 # The daemon flags a reviewer recognises, in words; any other changed flag is named as it is.
 FLAG_WORDS = {
     "--label": "engine labels", "--insecure-registry": "insecure registries", "--registry-mirror": "registry mirrors",
@@ -32,7 +33,15 @@ FLAG_WORDS = {
     "--tlscacert": "CA path", "--tlscert": "certificate path", "--tlskey": "key path",
 }  # fmt: skip
 
-DESTRUCTIVE, DISRUPTIVE, NOTE = "destructive", "disruptive", "note"
+# What a swarm step's creation or deletion does to its machine (components/swarm.py): (severity, words).
+SWARM_STEPS = {
+    ("swarm-init", "create"): ("note", "initialises the swarm (first manager)"),
+    ("swarm-init", "delete"): ("destructive", "swarm taken down: its services are lost"),
+    ("swarm-join", "create"): ("note", "joins the swarm"),
+    ("swarm-join", "delete"): ("disruptive", "leaves the swarm"),
+    ("swarm-ready", "delete"): ("disruptive", "drained: its swarm tasks move to other nodes"),
+    ("swarm-remove", "delete"): ("note", "node removed from the swarm"),
+}
 # Provisioning steps that run again whenever the server certificate is reissued.
 CERT_STEPS = ("tls", "daemon-config")
 
@@ -229,6 +238,9 @@ def _consequences(step: dict[str, Any], op: str, keys: list[str], cert_reissued:
         return _vm(type_, op, step, keys)
     if type_ in outputs.INGRESS_INPUTS and op in ("create", "update", "replace"):
         return _ingress(type_, step)
+    stage = _inputs(state).get("step") if type_ == outputs.REMOTE_COMMAND.token else None
+    if (stage, op) in SWARM_STEPS:
+        return [Consequence(*SWARM_STEPS[(stage, op)])]
     if op not in ("update", "replace", "delete"):
         return [Consequence(NOTE, "docker context created")] if type_ == outputs.DOCKER_CONTEXT.token else []
     if type_ == outputs.REMOTE_COMMAND.token and op != "delete":
@@ -289,7 +301,8 @@ def build(preview: dict[str, Any], policy_events: list[dict[str, Any]], stack: s
     for step in steps:
         op, urn = _op(step["op"]), step["urn"]
         type_ = (step.get("newState") or step.get("oldState") or {}).get("type", "")
-        machine = _machine_of(urn, parents)
+        # A step outside a machine's component that is about one machine (a swarm member's) counts for it.
+        machine = _machine_of(urn, parents) or _inputs(step.get("newState") or step.get("oldState")).get("machine")
         if type_ == outputs.COMPONENT:
             change = machines.setdefault(_name(urn), MachineChange(_name(urn)))
             if op in ("create", "delete"):
