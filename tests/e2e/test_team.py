@@ -10,9 +10,11 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pathlib
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -63,13 +65,16 @@ class Postgres:
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    server = Postgres(tmp_path_factory.mktemp("postgres"))
+def postgres():
+    # Not under pytest's temporary directory: that is root's alone, and the server runs as postgres.
+    base = pathlib.Path(tempfile.mkdtemp(prefix="dmp-postgres-"))
     try:
+        server = Postgres(base)
         yield server
-    finally:
         subprocess.run([*AS_POSTGRES, f"{server.bin}/pg_ctl", "-D", str(server.data), "-m", "immediate", "stop"],
                        capture_output=True, cwd="/")  # fmt: skip
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 class User:
