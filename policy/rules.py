@@ -353,16 +353,19 @@ def _replaced(before: Mapping[str, Any], after: Any, resource_type: str) -> list
 
 
 def vm_replaced(stack: Stack, args: StackValidationArgs, report: ReportViolation) -> None:
+    vms = [r for r in args.resources if r.resource_type in LOCAL_VMS or r.resource_type in CLOUD_VMS]
+    if not vms:
+        return  # e.g. generic hosts: no need to read the last deployment
     if not stack.dry_run:
         args.not_applicable("only a preview can tell: during up, stack rules run after the deployment")
     try:
         previous = stack.previous()
     except PreviousStateError as err:
         args.not_applicable(f"the stack's last deployment cannot be read: {err}")
-    for r in args.resources:
+    for r in vms:
         before = previous.get(r.urn)
-        if before is None or before.get("type") != r.resource_type or r.resource_type not in {*LOCAL_VMS, *CLOUD_VMS}:
-            continue
+        if before is None or before.get("type") != r.resource_type:
+            continue  # a new machine
         why = _replaced(before.get("outputs") or {}, r.props, r.resource_type)
         if why:
             machine = r.parent.name if r.parent and r.parent.resource_type == outputs.COMPONENT else r.name

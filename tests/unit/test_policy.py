@@ -362,6 +362,18 @@ def test_vm_replaced_in_the_clouds_when_the_provider_plans_a_new_instance(driver
     assert urn == vm.urn and "(the provider plans a new instance)" in message
 
 
+def test_vm_replaced_reads_no_state_for_a_stack_without_vms():
+    machines, program = qemu()
+    stack = stack_of(machines)
+
+    def unexpected():
+        raise AssertionError("the last deployment was read")
+
+    stack.previous = unexpected
+    without_vms = Program([r for r in program.resources if r.typ != outputs.QEMU_VM.token])
+    assert stack_violations(stack, "vm-replaced", without_vms) == []
+
+
 def test_vm_replaced_is_not_applicable_after_the_deployment_or_without_the_last_state():
     machines, program = qemu()
     stack = stack_of(machines, PULUMI_DRY_RUN="false")
