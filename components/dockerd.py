@@ -1,4 +1,5 @@
-"""What dockerd accepts on its command line: the check behind ``engine.opts`` (docs/engine.md).
+"""What dockerd accepts on its command line: the check behind ``engine.opts`` (docs/engine.md), and the reading of a
+whole command line behind the policy pack's ``daemon-tls`` rule (docs/policy.md).
 
 The flag names are those of ``dockerd --help`` of Debian 12's Docker 20.10 and Debian 13's Docker 26 together, so an
 option is refused at preview rather than by a daemon that will not start after the VM exists.
@@ -43,6 +44,14 @@ MANAGED = {
     "help": "it makes dockerd exit instead of serving",
     "version": "it makes dockerd exit instead of serving",
 }
+# The switches among MANAGED; every other MANAGED flag takes a value.
+_MANAGED_SWITCHES = frozenset({"tls", "tlsverify", "validate", "help", "version"})
+# dockerd's one-letter flags.
+SHORT = {"H": "host", "D": "debug", "l": "log-level", "s": "storage-driver", "G": "group", "p": "pidfile",
+         "b": "bridge", "h": "help", "v": "version"}  # fmt: skip
+# What its flag parser takes as a switch's value (Go's strconv.ParseBool).
+_TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
+_FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 # A value stays one word on dockerd's command line: no white space, quotes, shell or systemd specials.
 _VALUE_RE = re.compile(r"^[A-Za-z0-9@+=:,./_~\[\]*-]+$")
@@ -71,3 +80,38 @@ def check_opt(opt: str) -> str:
     else:
         raise ValueError(f"{name!r} is not a dockerd flag (see `dockerd --help`)")
     return f"{name}={value}" if eq else name
+
+
+def _switch(name: str) -> bool:
+    return name in BOOLEAN or name in _MANAGED_SWITCHES
+
+
+def parse_args(args: list[str]) -> list[tuple[str, str]]:
+    """dockerd's arguments as ``(flag, value)`` pairs in order, flags by their long names, read the way dockerd's flag
+    parser reads them: a flag that takes a value consumes the next word whatever it looks like, and a switch is
+    ``"true"`` or ``"false"``. ValueError for anything dockerd would refuse or that cannot be read for sure."""
+    pairs = []
+    words = iter(args)
+    for word in words:
+        if word.startswith("--"):
+            name, eq, value = word[2:].partition("=")
+        elif word.startswith("-") and word[1:2] in SHORT:  # -H VALUE, -HVALUE, -H=VALUE
+            name, rest = SHORT[word[1]], word[2:]
+            if rest and not rest.startswith("=") and _switch(name):
+                raise ValueError(f"{word!r}: combined one-letter flags are not read; write them apart")
+            eq, value = ("=", rest.removeprefix("=")) if rest else ("", "")
+        else:
+            raise ValueError(f"{word!r} is not a dockerd flag (dockerd takes no other arguments)")
+        if _switch(name):
+            if eq and value not in _TRUE | _FALSE:
+                raise ValueError(f"--{name} is a switch: {value!r} is neither true nor false")
+            pairs.append((name, "false" if eq and value in _FALSE else "true"))
+        elif name in WITH_VALUE or name in MANAGED:
+            if not eq:
+                value = next(words, None)
+                if value is None:
+                    raise ValueError(f"--{name} needs a value")
+            pairs.append((name, value))
+        else:
+            raise ValueError(f"--{name} is not a dockerd flag")
+    return pairs

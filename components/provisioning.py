@@ -8,6 +8,7 @@ re-running it after an interrupted ``up`` converges.
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 
 from components.model import EngineOptions
@@ -15,6 +16,8 @@ from components.model import EngineOptions
 DROPIN_DIR = "/etc/systemd/system/docker.service.d"
 DROPIN = f"{DROPIN_DIR}/10-machine.conf"
 CERT_DIR = "/etc/docker"
+# Where the tls step puts the stack's CA and the machine's server certificate, and where dockerd reads them.
+CA_CERT, SERVER_CERT, SERVER_KEY = (f"{CERT_DIR}/{name}" for name in ("ca.pem", "server.pem", "server-key.pem"))
 # The oldest engine provisioned without a warning: Docker 23.0 made BuildKit the default builder (API 1.42).
 DOCKER_FLOOR = (23, 0)
 SUPPORTED_OS = ("debian", "ubuntu")
@@ -63,6 +66,10 @@ case "$compose" in [2-9].*) packages="$packages docker-compose" ;; esac  # 1.x i
 {_APT} install -y $recommends $packages
 """
 
+# How the script mode fetches engine.install_url; ``install_url`` reads the URL back from a script.
+_DOWNLOAD = 'curl -fsSL {url} -o "$installer"'
+_DOWNLOAD_RE = re.compile(re.escape(_DOWNLOAD).replace(re.escape("{url}"), r"(\S+)"))
+
 # The client comes from the same package (or release) as the daemon: its version stands for both.
 _FLOOR_CHECK = f"""version="$(docker --version 2>/dev/null \
   | sed -n 's/^Docker version \\([0-9]*\\)\\.\\([0-9]*\\).*/\\1 \\2/p')" || true
@@ -95,7 +102,7 @@ if ! command -v curl >/dev/null 2>&1; then
   {_APT} update && {_APT} install -y curl ca-certificates
 fi
 installer="$(mktemp)"; trap 'rm -f "$installer"' EXIT
-if ! curl -fsSL {url} -o "$installer" 2>"$installer.err"; then
+if ! {_DOWNLOAD.format(url=url)} 2>"$installer.err"; then
   echo "downloading the install script {url} failed: $(cat "$installer.err")" >&2; rm -f "$installer.err"; exit 1
 fi
 rm -f "$installer.err"
@@ -106,16 +113,20 @@ fi
 """ + tail
 
 
+def install_url(script: str) -> str | None:
+    """The URL an install script downloads and runs (the inverse of ``install_script``); None when it downloads
+    nothing (engine.install packages or none)."""
+    found = _DOWNLOAD_RE.search(script)
+    return shlex.split(found[1])[0] if found else None
+
+
 def tls_script(ca_cert: str, server_cert: str, server_key: str) -> str:
     """Copy the CA and the machine's server certificate into /etc/docker (docker-machine's layout)."""
-    files = [("ca.pem", "0644", ca_cert), ("server.pem", "0644", server_cert), ("server-key.pem", "0600", server_key)]
+    files = [(CA_CERT, "0644", ca_cert), (SERVER_CERT, "0644", server_cert), (SERVER_KEY, "0600", server_key)]
     parts = [f"set -e\nmkdir -p {CERT_DIR}\numask 077"]
-    for name, mode, content in files:
-        tmp = f"{CERT_DIR}/.{name}.tmp"
-        parts.append(
-            f"cat > {tmp} <<'__PEM__'\n{content.strip()}\n__PEM__\n"
-            f"chmod {mode} {tmp} && mv -f {tmp} {CERT_DIR}/{name}"
-        )
+    for path, mode, content in files:
+        tmp = f"{CERT_DIR}/.{path.rpartition('/')[2]}.tmp"
+        parts.append(f"cat > {tmp} <<'__PEM__'\n{content.strip()}\n__PEM__\nchmod {mode} {tmp} && mv -f {tmp} {path}")
     return "\n".join(parts) + "\n"
 
 
@@ -136,6 +147,8 @@ def systemd_word(value: str, *, expand_variables: bool = True) -> str:
 FD_SOCKET = "-H fd://"
 UNIX_SOCKET = "-H unix:///var/run/docker.sock"
 CONTAINERD = "/run/containerd/containerd.sock"
+# The here-document delimiter daemon_script writes the drop-in with.
+_DROPIN_END = "__DROPIN__"
 
 
 def daemon_flags(engine: EngineOptions, driver: str) -> list[str]:
@@ -146,9 +159,9 @@ def daemon_flags(engine: EngineOptions, driver: str) -> list[str]:
         f"--containerd={CONTAINERD}",
         f"--storage-driver {engine.storage_driver}",
         "--tlsverify",
-        f"--tlscacert {CERT_DIR}/ca.pem",
-        f"--tlscert {CERT_DIR}/server.pem",
-        f"--tlskey {CERT_DIR}/server-key.pem",
+        f"--tlscacert {CA_CERT}",
+        f"--tlscert {SERVER_CERT}",
+        f"--tlskey {SERVER_KEY}",
     ]
     flags += [f"--label {systemd_word(label)}" for label in [*engine.labels, f"provider={driver}"]]
     flags += [f"--insecure-registry {systemd_word(r)}" for r in engine.insecure_registries]
@@ -165,13 +178,32 @@ def dropin(engine: EngineOptions, driver: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dockerd_args(text: str) -> list[str]:
+    """dockerd's arguments as systemd hands them over, read back from a drop-in or from the daemon script that writes
+    one (the inverse of ``dropin``); ValueError unless the unit ends up with exactly one dockerd command line."""
+    body = text.split(f"<<'{_DROPIN_END}'\n", 1)[-1].split(f"\n{_DROPIN_END}\n", 1)[0]
+    commands: list[str] = []
+    for line in body.split("\n"):  # systemd ends lines at \n only (str.splitlines also splits at U+2028…)
+        if line.startswith("ExecStart="):
+            command = line.removeprefix("ExecStart=")
+            commands = [*commands, command] if command else []  # an empty ExecStart= clears the packaged one
+    if len(commands) != 1:
+        raise ValueError(f"expected one ExecStart= command line for dockerd, found {len(commands)}")
+    # systemd_word's escapes: shlex undoes the quoting and backslashes, then the specifier and variable doubling.
+    words = [word.replace("%%", "%").replace("$$", "$") for word in shlex.split(commands[0])]
+    programs = [word.rpartition("/")[2] for word in words]
+    if "dockerd" not in programs:
+        raise ValueError(f"the ExecStart= command line does not run dockerd: {commands[0][:80]!r}")
+    return words[programs.index("dockerd") + 1 :]
+
+
 def daemon_script(engine: EngineOptions, driver: str, server_cert_serial: str) -> str:
     """Write the drop-in and (re)start Docker; the cert serial ties a reissued cert to a restart."""
     return f"""set -e
 # server certificate serial {server_cert_serial}: a new certificate re-runs this step
 mkdir -p {DROPIN_DIR}
-cat > {DROPIN}.tmp <<'__DROPIN__'
-{dropin(engine, driver)}__DROPIN__
+cat > {DROPIN}.tmp <<'{_DROPIN_END}'
+{dropin(engine, driver)}{_DROPIN_END}
 # The packaged unit decides: no docker.socket means no fd:// socket; its own --containerd= path wins.
 if ! systemctl cat docker.socket >/dev/null 2>&1; then sed -i 's|{FD_SOCKET}|{UNIX_SOCKET}|' {DROPIN}.tmp; fi
 packaged="$(systemctl cat docker.service 2>/dev/null | grep -v '^ExecStart=/usr/bin/env dockerd' \\
@@ -193,7 +225,7 @@ exit 1
 
 UNDO_DAEMON = f"""set -e
 # Remove what provisioning added; Docker stays installed and goes back to the distro's start-up.
-rm -f {DROPIN} {CERT_DIR}/ca.pem {CERT_DIR}/server.pem {CERT_DIR}/server-key.pem
+rm -f {DROPIN} {CA_CERT} {SERVER_CERT} {SERVER_KEY}
 rmdir {DROPIN_DIR} 2>/dev/null || true
 systemctl daemon-reload
 systemctl restart docker.service || true

@@ -14,8 +14,10 @@ import stat
 import subprocess
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
-from components import provisioning
+from components import dockerd, provisioning
 from components.config import EngineOptions
 
 SH = shutil.which("sh") or "/bin/sh"
@@ -193,6 +195,88 @@ def test_daemon_script_carries_the_serial_and_the_drop_in():
     assert body == provisioning.dropin(e, "qemu")
 
 
+# --- reading dockerd's command line back (the policy pack checks what is sent) ------------------------------
+
+
+def test_dockerd_args_reads_back_the_flags_the_script_sends():
+    args = provisioning.dockerd_args(provisioning.daemon_script(engine(**FULL), "qemu", "abc"))
+    assert args == [
+        "-H", "tcp://0.0.0.0:3376", "-H", "fd://", "--containerd=/run/containerd/containerd.sock",
+        "--storage-driver", "zfs", "--tlsverify", "--tlscacert", "/etc/docker/ca.pem",
+        "--tlscert", "/etc/docker/server.pem", "--tlskey", "/etc/docker/server-key.pem",
+        "--label", "env=dev", "--label", "team=a b", "--label", "provider=qemu",
+        "--insecure-registry", "10.0.0.0/8", "--insecure-registry", "registry.local:5000",
+        "--registry-mirror", "https://mirror.local", "--log-level=debug", "--experimental",
+    ]  # fmt: skip
+    assert provisioning.dockerd_args(provisioning.dropin(engine(**FULL), "qemu")) == args
+
+
+# What the model lets through into a label or an environment value: anything but control characters.
+unit_file_text = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=40)
+
+
+@given(key=unit_file_text, value=unit_file_text)
+@example(key="", value='"%%$$\\\u2028 -H tcp://0.0.0.0:2375')
+def test_dockerd_args_returns_labels_verbatim_whatever_they_hold(key, value):
+    label = f"k{key}={value}"  # quotes, %, $, backslashes, "-H tcp://…", U+2028 all stay inside the one value
+    e = engine(labels=[label], insecure_registries=["10.0.0.0/8"], env=[f"A={value}"])
+    args = provisioning.dockerd_args(provisioning.daemon_script(e, "qemu", "abc"))
+    assert args[args.index("--label") + 1] == label
+    assert [name for name, _ in dockerd.parse_args(args)].count("host") == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[Service]\nExecStart=\n", "found 0"),
+        ("[Service]\nExecStart=\nExecStart=/usr/bin/env dockerd\nExecStart=/usr/bin/env dockerd\n", "found 2"),
+        ("[Service]\nExecStart=\nExecStart=/bin/sleep 1\n", "does not run dockerd"),
+        ('[Service]\nExecStart=\nExecStart=/usr/bin/env dockerd --label "a\n', "No closing quotation"),
+    ],
+)
+def test_dockerd_args_refuses_a_unit_without_exactly_one_dockerd_line(text, problem):
+    with pytest.raises(ValueError, match=problem):
+        provisioning.dockerd_args(text)
+
+
+def test_dockerd_args_after_a_reset_counts_only_the_new_lines():
+    text = "ExecStart=/usr/bin/dockerd -H tcp://0.0.0.0:2375\nExecStart=\nExecStart=/usr/bin/env dockerd --debug\n"
+    assert provisioning.dockerd_args(text) == ["--debug"]
+
+
+@pytest.mark.parametrize(
+    ("args", "pairs"),
+    [
+        (["-H", "tcp://a:1", "-Htcp://b:2", "-H=tcp://c:3", "--host", "d", "--host=e"],
+         [("host", "tcp://a:1"), ("host", "tcp://b:2"), ("host", "tcp://c:3"), ("host", "d"), ("host", "e")]),
+        (["--tlsverify", "--tlsverify=false", "--tls=1", "-D", "--debug=F"],
+         [("tlsverify", "true"), ("tlsverify", "false"), ("tls", "true"), ("debug", "true"), ("debug", "false")]),
+        # a flag that takes a value takes the next word, even one that looks like a flag
+        (["--label", "-H", "--tlscacert", "/x/ca.pem"], [("label", "-H"), ("tlscacert", "/x/ca.pem")]),
+        (["--log-level=debug", "-l", "info", "--storage-driver", "zfs"],
+         [("log-level", "debug"), ("log-level", "info"), ("storage-driver", "zfs")]),
+    ],
+)  # fmt: skip
+def test_parse_args_reads_flags_like_dockerd(args, pairs):
+    assert dockerd.parse_args(args) == pairs
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["tcp://0.0.0.0:2375"], "not a dockerd flag"),
+        (["--no-such-flag"], "not a dockerd flag"),
+        (["-X"], "not a dockerd flag"),
+        (["--tlsverify=maybe"], "neither true nor false"),
+        (["-Dv"], "combined one-letter flags"),
+        (["--tlscacert"], "needs a value"),
+    ],
+)
+def test_parse_args_refuses_what_dockerd_would_not_read_the_same_way(args, problem):
+    with pytest.raises(ValueError, match=problem):
+        dockerd.parse_args(args)
+
+
 def test_digest_is_stable_and_separates_parts():
     assert provisioning.digest("a", "b") == provisioning.digest("a", "b")
     assert provisioning.digest("ab", "") != provisioning.digest("a", "b")
@@ -324,6 +408,22 @@ def test_default_install_url_is_get_docker_com():
     script = provisioning.install_script(engine())
     assert "https://get.docker.com" in script
     assert "https://get.docker.com" not in provisioning.install_script(engine(install_url="https://mirror.test/i.sh"))
+
+
+@pytest.mark.parametrize("url", ["https://get.docker.com", "http://example.test/i.sh?a=1&b='2'"])
+def test_install_url_reads_back_what_curl_is_given(sandbox, url):
+    sandbox.os_release("debian")
+    sandbox.stub("curl", _fake_download(sandbox))
+    script = provisioning.install_script(engine(install="script", install_url=url))
+    assert sandbox.run(script).returncode == 0
+    (curl,) = [c for c in sandbox.calls() if c.startswith("curl ")]
+    assert provisioning.install_url(script) == url
+    assert f" {url} " in curl
+
+
+@pytest.mark.parametrize("mode", ["packages", "none"])
+def test_install_url_is_none_when_nothing_is_downloaded(mode):
+    assert provisioning.install_url(provisioning.install_script(engine(install=mode))) is None
 
 
 def test_install_mode_script_fails_when_the_download_fails(sandbox):
