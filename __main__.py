@@ -5,7 +5,7 @@ import os
 
 import pulumi
 
-from components import config, outputs
+from components import config, outputs, policy_settings
 from components.drivers._local import stack_state_dir
 from components.machine import DockerMachine, DockerMachineArgs
 from components.swarm import SwarmCluster
@@ -15,6 +15,8 @@ try:
     settings = pulumi.Config()
     # Shape, types, driver options and host prerequisites (plugins, VirtualBox…), before any resource exists.
     stack_config = config.load(settings.get("machines"), settings.get("ca_rotation"), settings.get("swarm"))
+    # The policy pack's settings (docs/policy.md) are refused here too, so that a typo fails without the pack.
+    policy_settings.load(settings.get("policy"), secret=pulumi.runtime.is_config_secret(policy_settings.KEY))
 except config.ConfigError as err:
     # One clear message; RunError prints no traceback.
     raise pulumi.RunError(str(err)) from None

@@ -426,6 +426,7 @@ def up(
 ) -> None:
     """`pulumi up` on a whole stack, with its lock checked and its errors in one line each (`make up`)."""
     current = _one_stack(stack)
+    review.check_policies(current.name, refresh)
     workspace.get().up(current.name, None, refresh=refresh, title=f"pulumi up ({current.short})")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 from components import outputs
 
@@ -11,7 +10,6 @@ from . import preview, ui, workspace
 from .errors import MachineError
 from .machines import Registry
 
-POLICY_PACK = os.path.join(workspace.ROOT, "policy")
 # Exit statuses: 0 fine, 1 failed (a mandatory policy, an error), 2 changes where none were expected (drift).
 DRIFTED = 2
 
@@ -32,8 +30,7 @@ def run(stack: str | None, *, refresh: bool, expect_no_changes: bool, output: st
             ui.err(f'stack "{stack}" has never been deployed on this backend: nothing to refresh')
             return 0
         ws.ensure_stack(stack)
-    packs = [POLICY_PACK] if os.path.isfile(os.path.join(POLICY_PACK, "PulumiPolicy.yaml")) else []
-    seen = ws.preview(stack, refresh=refresh, policy_packs=packs, policy_configs=policy_configs)
+    seen = ws.preview(stack, refresh=refresh, policy_packs=workspace.policy_packs(), policy_configs=policy_configs)
     deployed = [r["urn"].rsplit("::", 1)[-1] for r in ws.resources(stack) if r.get("type") == outputs.COMPONENT]
     report = preview.build(seen.document, seen.policy_events, stack, seen.errors, seen.failed, deployed)
     if raw:
@@ -45,3 +42,19 @@ def run(stack: str | None, *, refresh: bool, expect_no_changes: bool, output: st
     if seen.failed:
         return 1
     return DRIFTED if expect_no_changes and report.has_changes else 0
+
+
+def check_policies(stack: str, refresh: bool) -> None:
+    """Before an up: the policy pack on a preview, so that a mandatory violation stops it before anything is made."""
+    if not workspace.policy_packs():
+        return
+    ws = workspace.get()
+    seen = ws.preview(stack, refresh=refresh, policy_packs=workspace.policy_packs(), policy_configs=[])
+    report = preview.build(seen.document, seen.policy_events, stack, seen.errors, seen.failed)
+    for p in report.policies:
+        if p.level != "mandatory":
+            ui.warn(f"policy {p.policy} ({p.level}) on {p.machine or p.resource or 'the stack'}: {p.message}")
+    if seen.failed:
+        failed = [f"policy {p.policy} on {p.machine or p.resource or 'the stack'}: {p.message}"
+                  for p in report.policies if p.level == "mandatory"]  # fmt: skip
+        raise MachineError("up stopped before any change:\n" + "\n".join(failed or report.errors))

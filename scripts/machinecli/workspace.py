@@ -29,6 +29,12 @@ from components import outputs
 from .errors import MachineError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The project's policy pack (docs/policy.md), run with every preview and up when it is there.
+POLICY_PACK = os.path.join(ROOT, "policy")
+
+
+def policy_packs() -> list[str]:
+    return [POLICY_PACK] if os.path.isfile(os.path.join(POLICY_PACK, "PulumiPolicy.yaml")) else []
 
 
 def project_name() -> str:
@@ -196,9 +202,11 @@ class Workspace:
     def up(self, stack: str, targets: list[str] | None, *, replace: list[str] | None = None, refresh: bool = False,
            title: str = "pulumi up") -> None:  # fmt: skip
         """``up`` on the stack, or only on ``targets`` and what depends on them; raises with the engine's errors."""
+        # With the policy pack, each resource is checked as it is registered (the Automation API's up skips the
+        # preview, so the up command previews first: review.check_policies).
         self._operation(stack, "up", title, lambda s, **kw: s.up(
             target=targets or None, target_dependents=bool(targets) or None, replace=replace or None,
-            refresh=refresh or None, suppress_outputs=True, color="never", **kw,
+            refresh=refresh or None, suppress_outputs=True, color="never", policy_packs=policy_packs() or None, **kw,
         ))  # fmt: skip
 
     def destroy(self, stack: str, title: str = "pulumi destroy") -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import secrets
+import subprocess
 
 import pytest
 
@@ -160,3 +161,30 @@ def test_no_secret_reaches_a_report_in_any_format(deployed, tmp_path):
             assert not re.search(r"PRIVATE KEY", text)
     finally:
         rewrite_machines(stack, machines(prefix))
+
+
+def test_make_preview_fails_on_a_mandatory_policy_and_only_reports_an_advisory_one(e2e_env):
+    prefix = f"pp{secrets.token_hex(2)}"
+    bad = {"name": f"{prefix}-bad", "driver": "qemu", "docker_context": False,
+           "engine": {"install": "script", "install_url": "http://get.docker.example.test/install.sh"}}  # fmt: skip
+    stack = new_stack(e2e_env, "policy", [bad])
+    try:
+        run = subprocess.run(["make", "-s", "preview", f"STACK={stack.name}"], cwd=ROOT, env=stack.env,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert run.returncode != 0
+        assert f"policy mandatory docker-machine/install-url-https on {prefix}-bad ({prefix}-bad-install-docker)" in (
+            run.stdout
+        ), run.stdout + run.stderr
+        assert f"WARNING {prefix}-bad: policy install-url-https (mandatory) failed" in run.stdout
+        assert f"policy advisory docker-machine/machine-without-docker-context on {prefix}-bad" in run.stdout
+        assert stack.pulumi("stack", "export").stdout.count('"urn"') == 0  # nothing was created
+
+        # Only the advisory one left: reported, and the preview passes.
+        rewrite_machines(stack, [{**bad, "engine": {"install": "packages"}}])
+        run = subprocess.run(["make", "-s", "preview", f"STACK={stack.name}"], cwd=ROOT, env=stack.env,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "policy advisory docker-machine/machine-without-docker-context" in run.stdout
+        assert "mandatory" not in run.stdout
+    finally:
+        remove_stack(stack)
