@@ -331,6 +331,9 @@ def build(preview: dict[str, Any], policy_events: list[dict[str, Any]], stack: s
             vm_replaced = type_ in outputs.VM_TYPES and op in ("replace", "delete")
             change.action = "replace" if vm_replaced else "update"
     for change in machines.values():
+        # The engine walks independent resources in any order: sorted, the same change reads the same every time.
+        change.resources.sort(key=lambda r: r["name"])
+        change.consequences.sort(key=lambda c: ((DESTRUCTIVE, DISRUPTIVE, NOTE).index(c.severity), c.text))
         if change.name in guessed and change.action in ("update", "replace"):
             change.consequences.append(Consequence(NOTE, _guess_note(change)))
         # A new machine's parts follow from the line itself; of a removed machine, what is lost.

@@ -172,3 +172,13 @@ def test_the_json_form_is_versioned_and_complete():
     assert document["machines"][0]["consequences"] == [
         {"severity": "destructive", "text": "VM destroyed: containers and volumes on it are lost"}
     ]
+
+
+@pytest.mark.parametrize("case", ["machine-removed", "cpu-memory", "tls-san"])
+def test_the_engine_walking_independent_steps_in_another_order_changes_nothing(case):
+    with open(os.path.join(GOLDEN, f"{case}.preview.json")) as f:
+        captured = json.load(f)
+    document = captured["document"]
+    reordered = dict(document, steps=list(reversed(document["steps"])))
+    args = (captured["policyEvents"], "STACK", captured["errors"], captured["failed"], captured["deployed"])
+    assert preview.as_json(preview.build(reordered, *args)) == preview.as_json(load_case(case))
