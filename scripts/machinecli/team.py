@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pulumi import automation as auto
 
@@ -66,8 +68,20 @@ def shown(url: str) -> str:
 
 
 def _target(url: str, key_file: str) -> auto.LocalWorkspace:
-    env = {"PULUMI_BACKEND_URL": url, "PULUMI_CONFIG_PASSPHRASE_FILE": key_file, "PULUMI_CONFIG_PASSPHRASE": ""}
+    env = {"PULUMI_BACKEND_URL": url, "PULUMI_CONFIG_PASSPHRASE_FILE": key_file}
     return workspace._Workspace(work_dir=workspace.ROOT, env_vars=env)
+
+
+@contextmanager
+def _only_the_key_file() -> Iterator[None]:
+    """The CLI prefers PULUMI_CONFIG_PASSPHRASE to the key file, even set to "" (an empty passphrase): while the
+    team's stack is written, the user's own passphrase must not be in the environment at all."""
+    own = os.environ.pop("PULUMI_CONFIG_PASSPHRASE", None)
+    try:
+        yield
+    finally:
+        if own is not None:
+            os.environ["PULUMI_CONFIG_PASSPHRASE"] = own
 
 
 def migrate(stack: str, url: str, key_file: str) -> None:
@@ -89,12 +103,8 @@ def migrate(stack: str, url: str, key_file: str) -> None:
     try:
         with open(config_path, "w") as f:
             f.write(_SALT.sub("", original))  # the new stack gets the team key's salt
-        target.create_stack(name)
-        # The state's secrets are re-encrypted by the new stack's secrets manager.
-        state = deployment.deployment
-        state["secrets_providers"] = target.export_stack(name).deployment.get("secrets_providers")
-        target.set_all_config(name, secret_config)
-        target.import_stack(name, auto.Deployment(version=deployment.version, deployment=state))
+        with _only_the_key_file():
+            _write_target(target, name, deployment, secret_config)
     except auto.errors.CommandError as err:
         with open(config_path, "w") as f:
             f.write(original)
@@ -102,3 +112,13 @@ def migrate(stack: str, url: str, key_file: str) -> None:
     # The old copy must not manage the same machines any more; --preserve-config keeps the stack file.
     source.ws.remove_stack(stack, force=True, preserve_config=True)
     ui.err(f'Stack "{name}" now lives in {shown(url)} with its machines; its secrets use the team key')
+
+
+def _write_target(target: auto.LocalWorkspace, name: str, deployment: auto.Deployment,
+                  secret_config: dict[str, auto.ConfigValue]) -> None:  # fmt: skip
+    target.create_stack(name)
+    # The state's secrets are re-encrypted by the new stack's secrets manager.
+    state = deployment.deployment
+    state["secrets_providers"] = target.export_stack(name).deployment.get("secrets_providers")
+    target.set_all_config(name, secret_config)
+    target.import_stack(name, auto.Deployment(version=deployment.version, deployment=state))
