@@ -191,14 +191,30 @@ def main(directory: str) -> None:
 
 
 def _pid(directory: str) -> int | None:
+    """The hub's pid, if that process is this directory's hub (after a reboot the pid may be another program's)."""
     from components.drivers._local import pid_alive, read_pid
 
     pid = read_pid(os.path.join(directory, PIDFILE))
-    return pid if pid_alive(pid) else None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except (OSError, TypeError):
+        return None
+    return pid if pid_alive(pid) and b"components.l2hub" in args and os.fsencode(directory) in args else None
+
+
+def _bound(directory: str) -> bool:
+    """Whether a process is bound to the hub's socket (after a reboot the file is still there, unbound)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(os.path.join(directory, SOCKET))
+        except OSError:
+            return False
+    return True
 
 
 def running(directory: str) -> bool:
-    return _pid(directory) is not None and os.path.exists(os.path.join(directory, SOCKET))
+    return _pid(directory) is not None and _bound(directory)
 
 
 def start(directory: str, timeout: float = 15) -> None:
@@ -216,7 +232,7 @@ def start(directory: str, timeout: float = 15) -> None:
     with open(os.path.join(directory, PIDFILE), "w") as f:
         f.write(str(process.pid))
     deadline = time.monotonic() + timeout
-    while not os.path.exists(os.path.join(directory, SOCKET)):
+    while not _bound(directory):
         if process.poll() is not None or time.monotonic() > deadline:
             with open(os.path.join(directory, LOG)) as f:
                 tail = f.read()[-600:].strip()

@@ -91,16 +91,20 @@ def _forwarding_back() -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def bridge_up(bridge: str, cidr: str) -> str:
-    """Create the bridge, NAT and a DNS forwarder for it unless they exist; return the host's address on it."""
+def gateway(cidr: str) -> str:
+    """The host's address on the bridge: the first of its network, the VMs' gateway and DNS server."""
+    return str(next(ipaddress.IPv4Network(cidr).hosts()))
+
+
+def bridge_up(bridge: str, cidr: str) -> None:
+    """Create the bridge, NAT and a DNS forwarder for it unless they exist."""
     if problems():
         raise RuntimeError(f"network: bridge {'; '.join(problems())}")
-    network = ipaddress.IPv4Network(cidr)
-    gateway = str(next(network.hosts()))
+    network, host = ipaddress.IPv4Network(cidr), gateway(cidr)
     with locked(_bridge_dir(bridge)):
         if run("ip", "link", "show", bridge, check=False).returncode != 0:
             run("ip", "link", "add", bridge, "type", "bridge")
-            run("ip", "addr", "add", f"{gateway}/{network.prefixlen}", "dev", bridge)
+            run("ip", "addr", "add", f"{host}/{network.prefixlen}", "dev", bridge)
         run("ip", "link", "set", bridge, "up")
         _forwarding_on()
         for rule in _iptables_rules(bridge, cidr):
@@ -113,10 +117,9 @@ def bridge_up(bridge: str, cidr: str) -> str:
             servers = [f"--server={server}" for server in _upstream_dns()]
             run(
                 "dnsmasq", "--conf-file=/dev/null", f"--interface={bridge}", "--bind-interfaces",
-                "--except-interface=lo", f"--listen-address={gateway}", "--no-resolv", *servers,
+                "--except-interface=lo", f"--listen-address={host}", "--no-resolv", *servers,
                 f"--pid-file={pidfile}",
             )  # fmt: skip
-    return gateway
 
 
 def bridge_down_if_unused(bridge: str, cidr: str) -> None:
@@ -143,7 +146,9 @@ def bridge_down_if_unused(bridge: str, cidr: str) -> None:
 def lease_address(bridge: str, cidr: str, instance_dir: str, wanted: str | None) -> str:
     """Reserve an address on the bridge for the VM in ``instance_dir``."""
     hosts = [str(h) for h in ipaddress.IPv4Network(cidr).hosts()][1:]  # the first host address is the bridge's
-    address = claim_lease(_leases(bridge), [wanted] if wanted else hosts, instance_dir)
+    # Under the bridge's lock: its last VM going away at the same time removes the directory the lease is in.
+    with locked(_bridge_dir(bridge)):
+        address = claim_lease(_leases(bridge), [wanted] if wanted else hosts, instance_dir)
     if address is None and wanted:
         raise RuntimeError(f"address {wanted} on {bridge} is already used by {os.path.join(_leases(bridge), wanted)}")
     if address is None:

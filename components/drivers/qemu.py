@@ -345,9 +345,8 @@ class VmProvider(LocalVmProvider):
         }
         if props["network"] == "bridge":
             cidr = props["bridge_cidr"]
-            gateway = _bridge.bridge_up(props["bridge"], cidr)
             address = _bridge.lease_address(props["bridge"], cidr, files.dir, props.get("address"))
-            nic = seed.ethernet(outs["mac"], address=address, cidr=cidr, gateway=gateway)
+            nic = seed.ethernet(outs["mac"], address=address, cidr=cidr, gateway=_bridge.gateway(cidr))
             seed_files["network-config"] = seed.network_config({"primary": nic})
             outs.update(tap=f"dm{digest[:10]}", ip=address, ssh_host=address, ssh_port=GUEST_SSH_PORT)
             outs["engine_host_port"] = int(props["engine_port"])
@@ -376,7 +375,7 @@ class VmProvider(LocalVmProvider):
             if props["network"] == "user" and (attempt or not outs.get("ssh_port")):
                 outs["ssh_port"], outs["engine_host_port"] = free_port(), free_port()
             if props["network"] == "bridge":
-                # Again on every start: a host reboot takes the bridge, its NAT and dnsmasq away.
+                # On every start: a host reboot takes the bridge, its NAT and dnsmasq away.
                 _bridge.bridge_up(props["bridge"], props["bridge_cidr"])
                 run("ip", "tuntap", "add", "dev", outs["tap"], "mode", "tap", check=False)
                 run("ip", "link", "set", outs["tap"], "master", props["bridge"], "up")

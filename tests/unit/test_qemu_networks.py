@@ -456,3 +456,18 @@ def test_machines_on_one_bridge_share_its_cidr(monkeypatch):
         "machines[b].options.bridge_cidr: '192.168.90.0/24' differs from machines[a]'s '192.168.124.0/24' "
         "on bridge dmbr0"
     )
+
+
+def test_a_stale_socket_and_pidfile_after_a_reboot_do_not_count_as_a_running_hub(tmp_path):
+    directory = str(tmp_path)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(os.path.join(directory, "hub.sock"))
+    stale.close()  # the file stays, nobody is bound to it
+    with open(os.path.join(directory, "hub.pid"), "w") as f:
+        f.write(str(os.getpid()))  # a live process, but not a hub
+    assert not l2hub.running(directory)
+    l2hub.start(directory)
+    try:
+        assert l2hub.running(directory) and hub_pid(directory) != os.getpid()
+    finally:
+        l2hub.stop(directory)
