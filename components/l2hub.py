@@ -25,6 +25,8 @@ import time
 SOCKET, PIDFILE, LOG, LEASES = "hub.sock", "hub.pid", "hub.log", "leases"
 # Larger than any frame QEMU sends (its buffer is 68 KiB).
 FRAME_MAX = 69632
+# Shorter is no Ethernet frame; and QEMU takes an empty datagram for the end of the connection and stops receiving.
+FRAME_MIN = 14
 # Frames held for a member that cannot take them yet; beyond that the oldest go, as on a congested switch port.
 QUEUE_FRAMES = 512
 # How often a member whose socket is missing (its VM is not running) is tried again.
@@ -153,7 +155,8 @@ class Hub:
                 frame, sender = self.sock.recvfrom(FRAME_MAX)
             except BlockingIOError:
                 return
-            self.forward(frame, sender if isinstance(sender, str) else "")
+            if len(frame) >= FRAME_MIN:
+                self.forward(frame, sender if isinstance(sender, str) else "")
 
     def owns_socket(self) -> bool:
         try:

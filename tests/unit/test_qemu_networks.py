@@ -308,6 +308,9 @@ class Net:
         os.makedirs(os.path.join(self.dir, "leases"))
         self.members: dict[str, socket.socket] = {}
         self.hub = l2hub.Hub(self.dir)
+        # Connected while the path exists: it wakes the hub once the path is gone (no waiting out its poll).
+        self.waker = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.waker.connect(os.path.join(self.dir, "hub.sock"))
         self.thread = threading.Thread(target=self.hub.run, daemon=True)
         self.thread.start()
 
@@ -334,7 +337,9 @@ class Net:
 
     def stop(self) -> None:
         os.unlink(os.path.join(self.dir, "hub.sock"))
+        self.waker.send(b"")
         self.thread.join(5)
+        self.waker.close()
         self.hub.close()
 
 
@@ -359,27 +364,34 @@ def net(tmp_path):
 
 def test_a_frame_reaches_every_other_member_including_one_that_never_sent(net):
     a, b, c = net.add("a"), net.add("b"), net.add("c")
-    net.send(a, b"ARP who-has")
-    assert b.recv(100) == b"ARP who-has" and c.recv(100) == b"ARP who-has"
+    net.send(a, b"ARP who-has 192.168.125.2")
+    assert b.recv(100) == b"ARP who-has 192.168.125.2" and c.recv(100) == b"ARP who-has 192.168.125.2"
     assert nothing_arrives(a)  # not back to its sender
+
+
+def test_what_is_no_ethernet_frame_is_not_passed_on(net):
+    a, b = net.add("a"), net.add("b")
+    net.send(a, b"")  # QEMU would stop receiving on an empty datagram
+    net.send(a, b"short")
+    assert nothing_arrives(b)
 
 
 def test_a_member_added_later_receives_and_one_removed_does_not(net):
     a, b = net.add("a"), net.add("b")
-    net.send(a, b"one")
-    assert b.recv(100) == b"one"
+    net.send(a, b"frame one ......")
+    assert b.recv(100) == b"frame one ......"
     c = net.add("c")
     for name in os.listdir(os.path.join(net.dir, "leases")):
         if open(os.path.join(net.dir, "leases", name)).read().endswith("b.sock"):
             os.unlink(os.path.join(net.dir, "leases", name))
-    net.send(a, b"two")
-    assert c.recv(100) == b"two"
+    net.send(a, b"frame two ......")
+    assert c.recv(100) == b"frame two ......"
     assert nothing_arrives(b)
 
 
 def test_a_member_that_does_not_read_yet_gets_its_frames_later_in_order(net):
     a, b = net.add("a"), net.add("b")
-    frames = [f"frame {n}".encode() for n in range(200)]  # the kernel holds 10 datagrams per socket
+    frames = [f"frame {n:08d}.....".encode() for n in range(200)]  # the kernel holds 10 datagrams per socket
     for frame in frames:
         net.send(a, frame)
     time.sleep(0.3)
@@ -389,19 +401,19 @@ def test_a_member_that_does_not_read_yet_gets_its_frames_later_in_order(net):
 def test_a_member_that_is_not_running_does_not_hold_up_the_others(net):
     a, b = net.add("a"), net.add("b")
     net.add("stopped", bind=False)
-    net.send(a, b"hello")
-    assert b.recv(100) == b"hello"
+    net.send(a, b"hello, ethernet")
+    assert b.recv(100) == b"hello, ethernet"
 
 
 def test_a_member_restarted_with_a_new_socket_is_reached_again(net):
     a, b = net.add("a"), net.add("b")
-    net.send(a, b"before")
-    assert b.recv(100) == b"before"
+    net.send(a, b"frame before ..")
+    assert b.recv(100) == b"frame before .."
     b.close()
     b = net.bind("b")  # QEMU started again: the same path, a new socket
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        net.send(a, b"after")
+        net.send(a, b"frame after ...")
         if not nothing_arrives(b):
             break
     else:
@@ -471,3 +483,30 @@ def test_a_stale_socket_and_pidfile_after_a_reboot_do_not_count_as_a_running_hub
         assert l2hub.running(directory) and hub_pid(directory) != os.getpid()
     finally:
         l2hub.stop(directory)
+
+
+def test_forwarding_goes_back_to_what_it_was_after_the_last_bridge(state, tmp_path, monkeypatch):
+    forwarding = tmp_path / "ip_forward"
+    forwarding.write_text("0\n")
+    monkeypatch.setattr(_bridge, "FORWARDING", str(forwarding))
+    for bridge in ("br-a", "br-b"):
+        os.makedirs(_bridge._bridge_dir(bridge))
+        _bridge._forwarding_on()
+        assert forwarding.read_text() == "1"
+    os.rmdir(_bridge._bridge_dir("br-a"))
+    _bridge._forwarding_back()
+    assert forwarding.read_text() == "1"  # br-b still forwards
+    os.rmdir(_bridge._bridge_dir("br-b"))
+    _bridge._forwarding_back()
+    assert forwarding.read_text() == "0" and not os.path.exists(_bridge._bridges_dir())
+
+
+def test_forwarding_that_was_on_stays_on(state, tmp_path, monkeypatch):
+    forwarding = tmp_path / "ip_forward"
+    forwarding.write_text("1\n")
+    monkeypatch.setattr(_bridge, "FORWARDING", str(forwarding))
+    os.makedirs(_bridge._bridge_dir("br-a"))
+    _bridge._forwarding_on()
+    os.rmdir(_bridge._bridge_dir("br-a"))
+    _bridge._forwarding_back()
+    assert forwarding.read_text() == "1\n"
