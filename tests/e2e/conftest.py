@@ -35,9 +35,9 @@ class Stack:
 
     def pulumi(self, *args: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess[str]:
         cwd = ["--cwd", self.project_dir] if self.project_dir else []
+        command = [*self.prefix, os.path.join(ROOT, "scripts", "pulumi"), *cwd, *args, "--stack", self.name]
         result = subprocess.run(
-            [*self.prefix, os.path.join(ROOT, "scripts", "pulumi"), *cwd, *args, "--stack", self.name,
-             "--non-interactive"],
+            [*command, "--non-interactive"],
             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout,
         )
         if check and result.returncode != 0:
