@@ -38,6 +38,8 @@ class DockerMachine(pulumi.ComponentResource):
     server_cert_serial: pulumi.Output[str]
     # The key that really logs in (a driver may use the user's own key): a secret.
     ssh_private_key: pulumi.Output[str]
+    # Where the stack's other machines reach this one (drivers/base.Host.private_address); None if the driver has none.
+    private_address: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: DockerMachineArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(outputs.COMPONENT, name, None, opts)
@@ -56,7 +58,7 @@ class DockerMachine(pulumi.ComponentResource):
         # address the Docker client dials, where the stack's other machines reach it (None when the driver gives no
         # such address), and the resource after which Docker answers over TLS.
         self.connection = _connection(host)
-        self.private_address: pulumi.Output[str] | None = None
+        self.private_address = None if host.private_address is None else pulumi.Output.from_input(host.private_address)
         daemon_script, daemon = self._provision(name, machine, host, args.authority, server_cert)
         verified = DockerApiCheck(
             f"{name}-docker-check",
@@ -81,7 +83,7 @@ class DockerMachine(pulumi.ComponentResource):
         self.outputs = pulumi.Output.all(
             ip=host.address, port=port, url=self.url, ssh_host=host.ssh_host, ssh_port=host.ssh_port,
             ssh_user=host.ssh_user, docker_version=verified.server_version, serial=server_cert.serial,
-            details=host.details or {},
+            details=host.details or {}, private_ip=host.private_address,
         ).apply(lambda v: _machine_outputs(machine, v))  # fmt: skip
         self.register_outputs(
             {
@@ -90,6 +92,7 @@ class DockerMachine(pulumi.ComponentResource):
                 "docker_version": self.docker_version,
                 "server_cert_serial": self.server_cert_serial,
                 "ssh_private_key": self.ssh_private_key,
+                "private_address": self.private_address,
             }
         )
 
@@ -164,4 +167,5 @@ def _machine_outputs(machine: MachineConfig, v: dict) -> dict:
         docker_version=v["docker_version"] or "",
         server_cert_serial=v["serial"] or "",
         details=v["details"],
+        private_ip=v["private_ip"],
     ).model_dump(by_alias=True)

@@ -83,6 +83,8 @@ class MachineOutputs(_Model):
     server_cert_serial: str = ""
     # Driver facts (e.g. a local VM's instance directory, where its port forwarder reports conflicts).
     details: dict[str, Any] = {}
+    # Where the stack's other machines reach this one (a swarm's advertise address); None if the driver has none.
+    private_ip: str | None = None
 
     @property
     def docker_host(self) -> tuple[str, int]:

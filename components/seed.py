@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 
 import pycdlib
@@ -38,6 +39,27 @@ def user_data(hostname: str, user: str, authorized_key: str) -> str:
     }
     # JSON is valid YAML; cloud-init only needs the #cloud-config header.
     return "#cloud-config\n" + json.dumps(config, indent=1) + "\n"
+
+
+def ethernet(mac: str, *, dhcp: bool = False, address: str | None = None, cidr: str | None = None,
+             gateway: str | None = None) -> dict:  # fmt: skip
+    """One NIC of a network-config, matched by its MAC (cloud-init names it after the device that has it).
+
+    ``address`` is a static address in ``cidr``; a ``gateway`` is also the NIC's DNS server (the host's forwarder in
+    bridge mode).
+    """
+    nic: dict = {"match": {"macaddress": mac}, "dhcp4": dhcp}
+    if address and cidr:
+        nic["addresses"] = [f"{address}/{ipaddress.IPv4Network(cidr).prefixlen}"]
+    if gateway:
+        nic["routes"] = [{"to": "0.0.0.0/0", "via": gateway}]
+        nic["nameservers"] = {"addresses": [gateway]}
+    return nic
+
+
+def network_config(ethernets: dict[str, dict]) -> str:
+    """cloud-init network-config v2 (JSON is valid YAML) for the NICs of ``ethernet``, by name."""
+    return json.dumps({"version": 2, "ethernets": ethernets}, indent=1) + "\n"
 
 
 def meta_data(instance_id: str, hostname: str) -> str:

@@ -1,25 +1,53 @@
-"""The QEMU driver's bridge mode (root): a host bridge with NAT and a DNS forwarder, a tap per VM, an address
-per VM from a lease file, and the guest's static network config (docs/local-vms.md#bridge-mode)."""
+"""The QEMU driver's bridge mode (root): a host bridge with NAT and a DNS forwarder, a tap per VM and an address per
+VM from a lease file (docs/local-vms.md#bridge-mode)."""
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import shutil
 import signal
 
-from components.drivers._local import claim_lease, pid_alive, read_pid, release_lease, run, state_root
+from components.drivers._local import (
+    claim_lease,
+    locked,
+    pid_alive,
+    read_pid,
+    release_lease,
+    run,
+    settle,
+    state_root,
+)  # fmt: skip
 
 _RULE_COMMENT = "docker-machine-pulumi"
 
 
+# Set to 1 while a bridge exists; what it was before is kept in the bridges' directory and put back after the last.
+FORWARDING = "/proc/sys/net/ipv4/ip_forward"
+COMMANDS = {"ip": "iproute2", "iptables": "iptables", "dnsmasq": "dnsmasq-base"}
+
+
+def _bridges_dir() -> str:
+    return os.path.join(state_root(), "bridges")
+
+
 def _bridge_dir(bridge: str) -> str:
-    return os.path.join(state_root(), "bridges", bridge)
+    return os.path.join(_bridges_dir(), bridge)
 
 
 def _leases(bridge: str) -> str:
     return os.path.join(_bridge_dir(bridge), "leases")
+
+
+def problems() -> list[str]:
+    """Why bridge mode cannot work on this host (nothing: it can)."""
+    found = []
+    if os.geteuid() != 0:
+        found.append("needs root: it creates a bridge, a tap per VM and NAT rules; use network: user (no root)")
+    missing = [f"{command} ({package})" for command, package in COMMANDS.items() if not shutil.which(command)]
+    if missing:
+        found.append(f"needs {', '.join(missing)} on the host")
+    return found
 
 
 def _iptables_rules(bridge: str, cidr: str) -> list[list[str]]:
@@ -41,53 +69,86 @@ def _upstream_dns() -> list[str]:
     return servers
 
 
-def bridge_up(bridge: str, cidr: str) -> str:
-    """Create the bridge, NAT and a DNS forwarder for it once; return the host's address on it."""
-    if os.geteuid() != 0:
-        raise RuntimeError("network: bridge needs root (CAP_NET_ADMIN); use network: user instead")
-    network = ipaddress.IPv4Network(cidr)
-    gateway = str(next(network.hosts()))
-    if run("ip", "link", "show", bridge, check=False).returncode != 0:
-        run("ip", "link", "add", bridge, "type", "bridge")
-        run("ip", "addr", "add", f"{gateway}/{network.prefixlen}", "dev", bridge)
-    run("ip", "link", "set", bridge, "up")
-    run("sysctl", "-q", "net.ipv4.ip_forward=1")
-    for rule in _iptables_rules(bridge, cidr):
-        table, chain, spec = rule[:2], rule[2], rule[3:]
-        if run("iptables", *table, "-C", chain, *spec, check=False).returncode != 0:
-            run("iptables", *table, "-I", chain, "1", *spec)
-    os.makedirs(_leases(bridge), exist_ok=True)
-    pidfile = os.path.join(_bridge_dir(bridge), "dnsmasq.pid")
-    if not pid_alive(read_pid(pidfile)):
-        upstream = _upstream_dns()
-        servers = [f"--server={s}" for s in upstream] if upstream else []
-        run(
-            "dnsmasq", "--conf-file=/dev/null", f"--interface={bridge}", "--bind-interfaces",
-            "--except-interface=lo", f"--listen-address={gateway}", "--no-resolv", *servers,
-            f"--pid-file={pidfile}",
-        )  # fmt: skip
-    return gateway
+def _forwarding_on() -> None:
+    with open(FORWARDING) as f:
+        if f.read().strip() == "1":
+            return
+    with open(os.path.join(_bridges_dir(), "ip_forward.before"), "w") as f:
+        f.write("0")
+    with open(FORWARDING, "w") as f:
+        f.write("1")
+
+
+def _forwarding_back() -> None:
+    """After the last bridge: forwarding as it was before the first, and no bridges' directory."""
+    root = _bridges_dir()
+    if not os.path.isdir(root) or any(os.path.isdir(os.path.join(root, entry)) for entry in os.listdir(root)):
+        return
+    before = os.path.join(root, "ip_forward.before")
+    if os.path.exists(before):
+        with open(before) as f, open(FORWARDING, "w") as forwarding:
+            forwarding.write(f.read().strip())
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def gateway(cidr: str) -> str:
+    """The host's address on the bridge: the first of its network, the VMs' gateway and DNS server."""
+    return str(next(ipaddress.IPv4Network(cidr).hosts()))
+
+
+def bridge_up(bridge: str, cidr: str) -> None:
+    """Create the bridge, NAT and a DNS forwarder for it unless they exist."""
+    if problems():
+        raise RuntimeError(f"network: bridge {'; '.join(problems())}")
+    network, host = ipaddress.IPv4Network(cidr), gateway(cidr)
+    with locked(_bridge_dir(bridge)):
+        if run("ip", "link", "show", bridge, check=False).returncode != 0:
+            run("ip", "link", "add", bridge, "type", "bridge")
+            run("ip", "addr", "add", f"{host}/{network.prefixlen}", "dev", bridge)
+        run("ip", "link", "set", bridge, "up")
+        _forwarding_on()
+        for rule in _iptables_rules(bridge, cidr):
+            table, chain, spec = rule[:2], rule[2], rule[3:]
+            if run("iptables", *table, "-C", chain, *spec, check=False).returncode != 0:
+                run("iptables", *table, "-I", chain, "1", *spec)
+        os.makedirs(_leases(bridge), exist_ok=True)
+        pidfile = os.path.join(_bridge_dir(bridge), "dnsmasq.pid")
+        if not pid_alive(read_pid(pidfile)):
+            servers = [f"--server={server}" for server in _upstream_dns()]
+            run(
+                "dnsmasq", "--conf-file=/dev/null", f"--interface={bridge}", "--bind-interfaces",
+                "--except-interface=lo", f"--listen-address={host}", "--no-resolv", *servers,
+                f"--pid-file={pidfile}",
+            )  # fmt: skip
 
 
 def bridge_down_if_unused(bridge: str, cidr: str) -> None:
-    leases = _leases(bridge)
-    if os.path.isdir(leases) and os.listdir(leases):
+    """After the bridge's last VM: no dnsmasq, NAT rules, bridge nor state left."""
+    if not os.path.isdir(_bridge_dir(bridge)):
         return
-    pid = read_pid(os.path.join(_bridge_dir(bridge), "dnsmasq.pid"))
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
-    for rule in _iptables_rules(bridge, cidr):
-        table, chain, spec = rule[:2], rule[2], rule[3:]
-        while run("iptables", *table, "-D", chain, *spec, check=False).returncode == 0:
-            pass
-    run("ip", "link", "del", bridge, check=False)
-    shutil.rmtree(_bridge_dir(bridge), ignore_errors=True)
+    with locked(_bridge_dir(bridge)):
+        leases = _leases(bridge)
+        if os.path.isdir(leases) and os.listdir(leases):
+            return
+        pid = read_pid(os.path.join(_bridge_dir(bridge), "dnsmasq.pid"))
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            settle(lambda: not pid_alive(pid), 10, 0.1)
+        for rule in _iptables_rules(bridge, cidr):
+            table, chain, spec = rule[:2], rule[2], rule[3:]
+            while run("iptables", *table, "-D", chain, *spec, check=False).returncode == 0:
+                pass
+        run("ip", "link", "del", bridge, check=False)
+        shutil.rmtree(_bridge_dir(bridge), ignore_errors=True)
+    _forwarding_back()
 
 
 def lease_address(bridge: str, cidr: str, instance_dir: str, wanted: str | None) -> str:
     """Reserve an address on the bridge for the VM in ``instance_dir``."""
     hosts = [str(h) for h in ipaddress.IPv4Network(cidr).hosts()][1:]  # the first host address is the bridge's
-    address = claim_lease(_leases(bridge), [wanted] if wanted else hosts, instance_dir)
+    # Under the bridge's lock: its last VM going away at the same time removes the directory the lease is in.
+    with locked(_bridge_dir(bridge)):
+        address = claim_lease(_leases(bridge), [wanted] if wanted else hosts, instance_dir)
     if address is None and wanted:
         raise RuntimeError(f"address {wanted} on {bridge} is already used by {os.path.join(_leases(bridge), wanted)}")
     if address is None:
@@ -105,20 +166,3 @@ def release_address(bridge: str, address: str, instance_dir: str | None = None) 
         except OSError:
             return
     release_lease(_leases(bridge), address, owner)
-
-
-def network_config(mac: str, address: str, cidr: str, gateway: str) -> str:
-    """cloud-init network-config v2: the VM's static address on the bridge, the host as gateway and DNS."""
-    prefix = ipaddress.IPv4Network(cidr).prefixlen
-    config = {
-        "version": 2,
-        "ethernets": {
-            "primary": {
-                "match": {"macaddress": mac},
-                "addresses": [f"{address}/{prefix}"],
-                "routes": [{"to": "0.0.0.0/0", "via": gateway}],
-                "nameservers": {"addresses": [gateway]},
-            }
-        },
-    }
-    return json.dumps(config, indent=1) + "\n"

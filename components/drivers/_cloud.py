@@ -96,7 +96,9 @@ OpenPorts = Annotated[list[str], BeforeValidator(lambda value: parse_open_ports(
 
 
 def cloud_host(ctx: DriverContext, address: pulumi.Input[str], ssh_port: int, ssh_user: str,
-               private_key: pulumi.Input[str], ready: pulumi.Resource) -> Host:  # fmt: skip
-    """A cloud VM: SSH, the Docker client and the server certificate all use ``address``."""
+               private_key: pulumi.Input[str], ready: pulumi.Resource,
+               private_address: pulumi.Input[str]) -> Host:  # fmt: skip
+    """A cloud VM: SSH, the Docker client and the server certificate all use ``address``; the stack's other machines
+    reach it at its ``private_address`` in the cloud's network."""
     return Host(ssh_host=address, ssh_port=ssh_port, ssh_user=ssh_user, ssh_private_key=private_key, address=address,
-                engine_port=ctx.machine.engine.port, ready=ready)  # fmt: skip
+                engine_port=ctx.machine.engine.port, ready=ready, private_address=private_address)  # fmt: skip

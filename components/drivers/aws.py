@@ -347,7 +347,7 @@ class AwsDriver(BaseDriver, name="aws", options=Options, plugin_package="pulumi_
         private_key, public_key = login_key(o, ctx.ssh_key)
         instance = _instance(ctx, placement, _key_name(ctx, public_key, region, tags), region, tags)
         address = instance.private_ip if o.private_address_only or o.use_private_address else instance.public_ip
-        return cloud_host(ctx, address, o.ssh_port, o.ssh_user, private_key, instance)
+        return cloud_host(ctx, address, o.ssh_port, o.ssh_user, private_key, instance, instance.private_ip)
 
 
 DRIVER = AwsDriver()

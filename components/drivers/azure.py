@@ -337,13 +337,14 @@ class AzureDriver(BaseDriver, name="azure", options=Options, plugin_package="pul
         public_ip = _public_ip(ctx, group, tags)
         nic = _nic(ctx, group, subnet_id, firewall, public_ip, tags)
         vm = _vm(ctx, group, nic, public_key, tags)
+        private_ip = nic.ip_configurations.apply(lambda configs: configs[0].private_ip_address)
         if o.no_public_ip or o.use_private_ip:
-            address: pulumi.Output[str] = nic.ip_configurations.apply(lambda configs: configs[0].private_ip_address)
+            address: pulumi.Output[str] = private_ip
         elif o.dns_label:
             address = public_ip.dns_settings.apply(lambda dns: dns.fqdn)
         else:
             address = public_ip.ip_address
-        return cloud_host(ctx, address, 22, o.ssh_user, private_key, vm)
+        return cloud_host(ctx, address, 22, o.ssh_user, private_key, vm, private_ip)
 
 
 DRIVER = AzureDriver()

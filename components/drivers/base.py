@@ -50,6 +50,9 @@ class Host:
     details: pulumi.Input[dict] | None = None
     # Published container ports to forward to the host (a QEMU user-mode VM), else None.
     port_forwarding: PortForwarding | None = None
+    # The address the stack's other machines reach this one at (what a swarm advertises), which may differ from
+    # ``address`` (127.0.0.1 for a QEMU user-mode VM); None when the driver knows of none.
+    private_address: pulumi.Input[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,7 @@ class DigitalOceanDriver(BaseDriver, name="digitalocean", options=Options, plugi
         private = o.private_address_only or o.use_private_address
         address = droplet.ipv4_address_private if private else droplet.ipv4_address
         # Provisioning starts once the firewall is in place: what it lets in is what provisioning relies on.
-        return cloud_host(ctx, address, o.ssh_port, o.ssh_user, private_key, firewall)
+        return cloud_host(ctx, address, o.ssh_port, o.ssh_user, private_key, firewall, droplet.ipv4_address_private)
 
 
 DRIVER = DigitalOceanDriver()

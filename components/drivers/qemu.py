@@ -4,7 +4,9 @@ The VM is a qcow2 overlay on a cached base image, a cloud-init NoCloud seed (use
 daemonized qemu with a pidfile, a QMP socket and a serial log, all in one instance directory. Hardware acceleration
 is used only where it really works (/dev/kvm usable *and* vmx/svm in /proc/cpuinfo); otherwise TCG. Networking is
 user-mode with free 127.0.0.1 port forwards (no root; published container ports follow through the port
-forwarder, components/portforward.py), or a tap on a host bridge giving the VM its own address (root).
+forwarder, components/portforward.py), or a tap on a host bridge giving the VM its own address (root). A user-mode VM
+may also have a second NIC on the stack's private network, where the stack's VMs reach each other (no root either:
+components/drivers/_private.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -26,7 +29,7 @@ from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from components import outputs, seed
-from components.drivers import _bridge
+from components.drivers import _bridge, _private
 from components.drivers._local import (
     LocalVm,
     LocalVmProvider,
@@ -48,6 +51,7 @@ BUILTIN_IMAGES = ("debian-13-docker", "debian-13", "debian-12-docker", "debian-1
 GUEST_SSH_PORT = 22
 POWERDOWN_TIMEOUT = 90
 NETDEV = "n0"
+PRIVATE_NETDEV = "n1"
 _FORWARD_RE = re.compile(r"^(\d{1,5}):(\d{1,5})(?:/(tcp|udp))?$")
 
 
@@ -65,6 +69,8 @@ class Files:
         self.forwarder_pid = os.path.join(instance_dir, "forwarder.pid")
         self.forwarder_log = os.path.join(instance_dir, "forwarder.log")
         self.forwards = os.path.join(instance_dir, "forwards.json")
+        # The NIC on the stack's private network receives here.
+        self.l2 = os.path.join(instance_dir, "l2.sock")
 
 
 def parse_forward(value: str) -> tuple[int, int, str]:
@@ -95,6 +101,10 @@ class Options(StrictModel):
     address: str | None = Field(None, description="bridge mode: the VM's fixed address inside bridge_cidr")
     forwards: list[str] = Field([], description="user mode: fixed HOST:GUEST[/udp] forwards on 127.0.0.1 from boot")
     publish: bool = Field(True, description="user mode: forward every port a container publishes, as it comes")
+    private_network: bool = Field(
+        False, description="user mode: a second NIC on the stack's private network, where its machines reach each other"
+    )
+    private_cidr: str = Field(_private.DEFAULT_CIDR, description="the stack's private network (the same for all)")
 
     @field_validator("image")
     @classmethod
@@ -103,24 +113,22 @@ class Options(StrictModel):
             return v
         raise ValueError(f"must be one of {', '.join(BUILTIN_IMAGES)}, an absolute path or an http(s) URL")
 
-    @field_validator("bridge_cidr")
+    @field_validator("bridge_cidr", "private_cidr")
     @classmethod
-    def _cidr(cls, v: str) -> str:
-        import ipaddress
-
+    def _cidr(cls, v: str, info: ValidationInfo) -> str:
         try:
             network = ipaddress.IPv4Network(v, strict=True)
         except ValueError as err:
             raise ValueError(f"{v!r} is not a valid IPv4 CIDR ({err})") from None
         if network.prefixlen > 29:
             raise ValueError(f"{v!r} is too small: use a prefix of /29 or shorter")
+        if info.field_name == "private_cidr" and network.overlaps(_private.USER_NETWORK):
+            raise ValueError(f"{v!r} overlaps {_private.USER_NETWORK}, QEMU's user network on the first NIC")
         return v
 
     @field_validator("address")
     @classmethod
     def _address(cls, v: str | None, info: ValidationInfo) -> str | None:
-        import ipaddress
-
         if v is None or "bridge_cidr" not in info.data:
             return v
         network = ipaddress.IPv4Network(info.data["bridge_cidr"])
@@ -152,6 +160,13 @@ class Options(StrictModel):
     def _user_mode_only(self) -> Options:
         if self.network == "bridge" and self.forwards:
             raise ValueError("forwards: in bridge mode the VM has its own address; every port is reachable there")
+        if self.network == "bridge" and self.private_network:
+            raise ValueError(
+                "private_network: in bridge mode the VM's own address is the one the stack's machines reach; "
+                "use private_network with network: user"
+            )
+        if "private_cidr" in self.model_fields_set and not self.private_network:
+            raise ValueError("private_cidr: only used with private_network: true")
         return self
 
 
@@ -257,8 +272,16 @@ def qemu_command(props: dict[str, Any], outs: dict[str, Any], image: dict[str, A
         cmd += ["-netdev", ",".join([f"user,id={NETDEV}", *(f"hostfwd={r}" for r in rules)])]
     else:
         cmd += ["-netdev", f"tap,id={NETDEV},ifname={outs['tap']},script=no,downscript=no"]
+    cmd += ["-device", f"virtio-net-pci,netdev={NETDEV},mac={outs['mac']}"]
+    if props.get("private_network"):
+        # Frames go to the hub's socket and come back to the VM's own (components/l2hub.py).
+        hub = _private.hub_socket(props["private_network"]["dir"])
+        cmd += [
+            "-netdev", f"dgram,id={PRIVATE_NETDEV},local.type=unix,local.path={files.l2},"
+                       f"remote.type=unix,remote.path={hub}",
+            "-device", f"virtio-net-pci,netdev={PRIVATE_NETDEV},mac={outs['private_mac']}",
+        ]  # fmt: skip
     cmd += [
-        "-device", f"virtio-net-pci,netdev={NETDEV},mac={outs['mac']}",
         "-device", "virtio-rng-pci",
         "-display", "none", "-vga", "none", "-monitor", "none",
         "-serial", f"file:{files.serial}",
@@ -281,7 +304,7 @@ class VmProvider(LocalVmProvider):
     # Inputs whose change needs a new VM; the rest (cpus, memory, accel, forwards) only a power cycle.
     REPLACE_ON = (
         "name", "instance_dir", "image", "kernel", "initrd", "cmdline", "disk", "ssh_user",
-        "authorized_key", "network", "bridge", "bridge_cidr", "address", "engine_port",
+        "authorized_key", "network", "bridge", "bridge_cidr", "address", "engine_port", "private_network",
     )  # fmt: skip
     RESTART_ON = outputs.POWER_CYCLE_INPUTS[outputs.QEMU_VM.token]
 
@@ -314,19 +337,29 @@ class VmProvider(LocalVmProvider):
             "image_resolved": image,
             "mac": "52:54:00:" + ":".join(digest[i : i + 2] for i in (0, 2, 4)),
             "accel": detect_accel(props["accel_requested"])[0],
+            "private_ip": None,
         }
         seed_files = {
             "user-data": seed.user_data(props["name"], props["ssh_user"], props["authorized_key"]),
             "meta-data": seed.meta_data(f"{props['name']}-{secrets.token_hex(4)}", props["name"]),
         }
         if props["network"] == "bridge":
-            gateway = _bridge.bridge_up(props["bridge"], props["bridge_cidr"])
-            address = _bridge.lease_address(props["bridge"], props["bridge_cidr"], files.dir, props.get("address"))
-            seed_files["network-config"] = _bridge.network_config(outs["mac"], address, props["bridge_cidr"], gateway)
+            cidr = props["bridge_cidr"]
+            address = _bridge.lease_address(props["bridge"], cidr, files.dir, props.get("address"))
+            nic = seed.ethernet(outs["mac"], address=address, cidr=cidr, gateway=_bridge.gateway(cidr))
+            seed_files["network-config"] = seed.network_config({"primary": nic})
             outs.update(tap=f"dm{digest[:10]}", ip=address, ssh_host=address, ssh_port=GUEST_SSH_PORT)
             outs["engine_host_port"] = int(props["engine_port"])
         else:
             outs.update(ip="127.0.0.1", ssh_host="127.0.0.1", tap=None)
+        if props.get("private_network"):
+            cidr = props["private_network"]["cidr"]
+            outs["private_mac"] = "52:54:00:" + ":".join(digest[i : i + 2] for i in (6, 8, 10))
+            outs["private_ip"] = _private.lease(props["private_network"]["dir"], cidr, files.l2)
+            seed_files["network-config"] = seed.network_config({
+                "primary": seed.ethernet(outs["mac"], dhcp=True),
+                "private": seed.ethernet(outs["private_mac"], address=outs["private_ip"], cidr=cidr),
+            })  # fmt: skip
         with open(files.seed, "wb") as f:
             f.write(seed.build_iso(seed_files))
         return self._start(props, outs)
@@ -336,10 +369,14 @@ class VmProvider(LocalVmProvider):
         files = Files(props["instance_dir"])
         with contextlib.suppress(FileNotFoundError):
             os.unlink(files.forwards)  # a new qemu has none of the forwards the port forwarder added before
+        if props.get("private_network"):
+            _private.hub_up(props["private_network"]["dir"])
         for attempt in range(3):
             if props["network"] == "user" and (attempt or not outs.get("ssh_port")):
                 outs["ssh_port"], outs["engine_host_port"] = free_port(), free_port()
             if props["network"] == "bridge":
+                # On every start: a host reboot takes the bridge, its NAT and dnsmasq away.
+                _bridge.bridge_up(props["bridge"], props["bridge_cidr"])
                 run("ip", "tuntap", "add", "dev", outs["tap"], "mode", "tap", check=False)
                 run("ip", "link", "set", outs["tap"], "master", props["bridge"], "up")
             result = run(*qemu_command(props, outs, outs["image_resolved"]), check=False)
@@ -378,6 +415,8 @@ class VmProvider(LocalVmProvider):
             if outs.get("ip"):
                 _bridge.release_address(props["bridge"], outs["ip"], d)
             _bridge.bridge_down_if_unused(props["bridge"], props["bridge_cidr"])
+        if props.get("private_network"):
+            _private.leave(props["private_network"]["dir"], Files(d).l2)
         shutil.rmtree(d, ignore_errors=True)
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
@@ -414,18 +453,26 @@ class VmProvider(LocalVmProvider):
 
 
 class Vm(LocalVm, module=outputs.QEMU_VM.module, name=outputs.QEMU_VM.name):
-    OUTPUTS = (*LocalVm.OUTPUTS, "engine_host_port", "accel", "pid")
+    OUTPUTS = (*LocalVm.OUTPUTS, "engine_host_port", "accel", "pid", "private_ip")
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         super().__init__(VmProvider(), name, props, opts)
 
 
-def vm_props(name: str, options: Options, instance_dir: str, project_dir: str, authorized_key: pulumi.Input[str],
+def instance_dir_of(state_dir: str, name: str) -> str:
+    return os.path.join(state_dir, "qemu", name)
+
+
+def vm_props(name: str, options: Options, state_dir: str, project_dir: str, authorized_key: pulumi.Input[str],
              engine_port: int, power: str = "running") -> dict[str, Any]:  # fmt: skip
-    """The Vm resource's inputs (also used by tests/e2e/bare_vm for a VM without Docker)."""
+    """The Vm resource's inputs (also used by tests/e2e/bare_vm for a VM without Docker); ``state_dir`` is the
+    stack's, which holds the VM's instance directory and the stack's private network."""
+    private = None
+    if options.private_network:
+        private = {"cidr": options.private_cidr, "dir": _private.network_dir(state_dir)}
     return {
         "name": name,
-        "instance_dir": instance_dir,
+        "instance_dir": instance_dir_of(state_dir, name),
         "project_dir": project_dir,
         "image": options.image,
         "kernel": options.kernel,
@@ -444,12 +491,23 @@ def vm_props(name: str, options: Options, instance_dir: str, project_dir: str, a
         "forwards": list(options.forwards),
         "engine_port": engine_port,
         "power": power,
+        # None unless the VM is on the private network: VMs from before the option keep their inputs.
+        "private_network": private,
     }
+
+
+def qemu_has_dgram() -> bool | None:
+    """Whether this host's QEMU has the ``dgram`` netdev (7.2 and later) the private network needs; None: no QEMU."""
+    if not shutil.which("qemu-system-x86_64"):
+        return None
+    result = run("qemu-system-x86_64", "-netdev", "help", check=False)
+    return "dgram" in result.stdout.split()
 
 
 class QemuDriver(BaseDriver, name="qemu", options=Options, supports_power=True):
     def check_host(self, machines: Sequence[MachineConfig]) -> None:
-        """Fixed forwards must not reuse the engine's port, nor a host port of another machine of the stack."""
+        """Fixed forwards must not reuse the engine's port, nor a host port of another machine of the stack; the
+        private network and the bridges are one per stack (per bridge), and bridge mode needs what it runs."""
         lines, owners = [], {}
         for machine in machines:
             for item in machine.options.forwards:
@@ -461,28 +519,73 @@ class QemuDriver(BaseDriver, name="qemu", options=Options, supports_power=True):
                     other = owners[host, protocol]
                     lines.append(f"{where}: {item!r}: host port {host}/{protocol} is also forwarded by {other}")
                 owners[host, protocol] = machine.name
+        lines += self._private_network(machines) + self._bridges(machines)
         if lines:
             raise ConfigError("\n".join(lines))
+
+    @staticmethod
+    def _private_network(machines: Sequence[MachineConfig]) -> list[str]:
+        members = [m for m in machines if m.options.private_network]
+        if not members:
+            return []
+        first, lines = members[0], []
+        for machine in members[1:]:
+            if machine.options.private_cidr != first.options.private_cidr:
+                lines.append(
+                    f"machines[{machine.name}].options.private_cidr: {machine.options.private_cidr!r} differs from "
+                    f"machines[{first.name}]'s {first.options.private_cidr!r}; a stack has one private network"
+                )
+        size = len(list(ipaddress.IPv4Network(first.options.private_cidr).hosts()))
+        if not lines and len(members) > size:
+            lines.append(
+                f"machines[{members[size].name}].options.private_network: {len(members)} machines on the private "
+                f"network, but private_cidr {first.options.private_cidr} has {size} addresses"
+            )
+        if qemu_has_dgram() is False:
+            lines.append(
+                f"machines[{first.name}].options.private_network: needs QEMU 7.2 or later (-netdev dgram); "
+                f"this host's qemu-system-x86_64 is older"
+            )
+        return lines
+
+    @staticmethod
+    def _bridges(machines: Sequence[MachineConfig]) -> list[str]:
+        bridged = [m for m in machines if m.options.network == "bridge"]
+        if not bridged:
+            return []
+        lines = [f"machines[{bridged[0].name}].options.network: 'bridge' {problem}" for problem in _bridge.problems()]
+        cidrs: dict[str, MachineConfig] = {}
+        for machine in bridged:
+            first = cidrs.setdefault(machine.options.bridge, machine)
+            if machine.options.bridge_cidr != first.options.bridge_cidr:
+                lines.append(
+                    f"machines[{machine.name}].options.bridge_cidr: {machine.options.bridge_cidr!r} differs from "
+                    f"machines[{first.name}]'s {first.options.bridge_cidr!r} on bridge {machine.options.bridge}"
+                )
+        return lines
 
     def create_host(self, ctx: DriverContext) -> Host:
         options: Options = ctx.options
         accel, reason = detect_accel(options.accel)
         if accel == "tcg":
             pulumi.log.info(f"qemu: {reason}")
-        instance_dir = os.path.join(ctx.state_dir, "qemu", ctx.machine.name)
         vm = Vm(
             f"{ctx.name}-vm",
-            vm_props(ctx.machine.name, options, instance_dir, ctx.project_dir, ctx.ssh_key.public_key,
+            vm_props(ctx.machine.name, options, ctx.state_dir, ctx.project_dir, ctx.ssh_key.public_key,
                      ctx.machine.engine.port, ctx.machine.state),  # fmt: skip
             opts=pulumi.ResourceOptions.merge(
                 ctx.opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="20m"))
             ),
         )
+        instance_dir = instance_dir_of(ctx.state_dir, ctx.machine.name)
         forwarding = options.network == "user" and options.publish
+        # Where the stack's other machines reach this one: its own address on a bridge, else the private network's.
+        private_address = vm.ip if options.network == "bridge" else vm.private_ip if options.private_network else None
         return vm_host(
             vm, ctx, options.ssh_user, vm.engine_host_port,
             details={"instanceDir": instance_dir, "publishes": forwarding, "forwards": list(options.forwards)},
             port_forwarding=PortForwarding(instance_dir, tuple(options.forwards)) if forwarding else None,
+            private_address=private_address,
         )
 
 

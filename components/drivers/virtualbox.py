@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
-import json
 import os
 import secrets
 import shutil
@@ -206,19 +205,11 @@ def colon_mac(mac: str) -> str:
 
 def network_config(nat_mac: str, hostonly_mac: str, address: str, cidr: str) -> str:
     """cloud-init network-config v2: DHCP on the NAT NIC (its default route), the static host-only address."""
-    prefix = parse_hostonly_cidr(cidr)[1].prefixlen
-    config = {
-        "version": 2,
-        "ethernets": {
-            "nat": {"match": {"macaddress": colon_mac(nat_mac)}, "dhcp4": True},
-            "hostonly": {
-                "match": {"macaddress": colon_mac(hostonly_mac)},
-                "dhcp4": False,
-                "addresses": [f"{address}/{prefix}"],
-            },
-        },
-    }
-    return json.dumps(config, indent=1) + "\n"
+    network = str(parse_hostonly_cidr(cidr)[1])
+    return seed.network_config({
+        "nat": seed.ethernet(colon_mac(nat_mac), dhcp=True),
+        "hostonly": seed.ethernet(colon_mac(hostonly_mac), address=address, cidr=network),
+    })  # fmt: skip
 
 
 # --- the VM -------------------------------------------------------------------------------------------
@@ -475,7 +466,9 @@ class VirtualBoxDriver(BaseDriver, name="virtualbox", options=Options, supports_
                 ctx.opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="30m"))
             ),
         )
-        return vm_host(vm, ctx, options.ssh_user, ctx.machine.engine.port, details={"instanceDir": instance_dir})
+        # The host-only address is also where the stack's other VirtualBox machines reach it.
+        return vm_host(vm, ctx, options.ssh_user, ctx.machine.engine.port, details={"instanceDir": instance_dir},
+                       private_address=vm.ip)  # fmt: skip
 
 
 DRIVER = VirtualBoxDriver()

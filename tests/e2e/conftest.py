@@ -27,11 +27,18 @@ class Stack:
     state_dir: str
     # Another Pulumi project than the repo's (e.g. tests/e2e/bare_vm), run with --cwd.
     project_dir: str | None = None
+    # A network namespace the engine and scripts/machine run in (their traffic stays inside it).
+    netns: str | None = None
+
+    @property
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
 
     def pulumi(self, *args: str, timeout: float = 1800, check: bool = True) -> subprocess.CompletedProcess[str]:
         cwd = ["--cwd", self.project_dir] if self.project_dir else []
+        command = [*self.prefix, os.path.join(ROOT, "scripts", "pulumi"), *cwd, *args, "--stack", self.name]
         result = subprocess.run(
-            [os.path.join(ROOT, "scripts", "pulumi"), *cwd, *args, "--stack", self.name, "--non-interactive"],
+            [*command, "--non-interactive"],
             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout,
         )
         if check and result.returncode != 0:
@@ -40,7 +47,7 @@ class Stack:
 
     def machine(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [os.path.join(ROOT, "scripts", "machine"), *args], cwd=ROOT, env=self.env,
+            [*self.prefix, os.path.join(ROOT, "scripts", "machine"), *args], cwd=ROOT, env=self.env,
             capture_output=True, text=True, timeout=900,
         )
         if check and result.returncode != 0:

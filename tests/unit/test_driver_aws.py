@@ -186,6 +186,7 @@ def test_public_address_is_what_the_client_dials_and_what_the_certificate_names(
     machine = default.outputs["machines"]["web"]
     assert machine["ip"] == PUBLIC_IP and machine["url"] == f"tcp://{PUBLIC_IP}:2376"
     assert machine["driver"] == "aws"
+    assert machine["privateIp"] == PRIVATE_IP  # where the stack's other machines reach it, in the VPC
     check = default.named("web-docker-check").inputs
     assert check["host"] == PUBLIC_IP and check["port"] == 2376
 

@@ -159,6 +159,7 @@ def test_ssh_as_docker_user_to_the_public_ip(default):
     assert default.named("web-server-cert").inputs["sans"] == [PUBLIC_IP, "localhost"]
     machine = default.outputs["machines"]["web"]
     assert machine["url"] == f"tcp://{PUBLIC_IP}:2376" and machine["driver"] == "azure"
+    assert machine["privateIp"] == PRIVATE_IP  # where the stack's other machines reach it, in the virtual network
 
 
 # --- options (each scenario is one program run, shared by its tests: azure-native resources are slow to mock) ---

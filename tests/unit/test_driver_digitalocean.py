@@ -108,6 +108,7 @@ def test_ssh_as_root_on_the_public_address(default):
     assert default.named("web-server-cert").inputs["sans"] == [PUBLIC_IP, "localhost"]
     machine = default.outputs["machines"]["web"]
     assert machine["url"] == f"tcp://{PUBLIC_IP}:2376" and machine["driver"] == "digitalocean"
+    assert machine["privateIp"] == PRIVATE_IP  # where the stack's other machines reach it, in the VPC
 
 
 # --- options ----------------------------------------------------------------------------------------------------

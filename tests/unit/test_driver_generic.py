@@ -76,6 +76,7 @@ def test_graph_creates_no_host_and_undoes_its_changes_on_destroy():
     # The client dials the host on the engine port; the address is in the server certificate.
     machine = program.outputs["machines"]["host1"]
     assert machine["url"] == "tcp://203.0.113.5:2376"
+    assert machine["privateIp"] is None  # an existing host: no address of its network is known
     assert program.named("host1-server-cert").inputs["sans"] == ["203.0.113.5", "localhost"]
 
 

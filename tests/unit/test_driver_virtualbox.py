@@ -658,6 +658,7 @@ def test_graph_address_goes_into_the_certificate_and_the_client_url(world):
     assert (out["driver"], out["ip"], out["url"]) == ("virtualbox", VM_OUTS["ip"], "tcp://192.168.56.7:3376")
     assert out["ssh"] == {"host": "127.0.0.1", "port": VM_OUTS["ssh_port"], "user": "docker"}
     assert out["env"]["DOCKER_HOST"] == "tcp://192.168.56.7:3376"
+    assert out["privateIp"] == VM_OUTS["ip"]  # the host-only address is where the stack's other VMs reach it
 
 
 def test_graph_all_host_cpus(world, monkeypatch):

@@ -176,14 +176,19 @@ def test_bridge_mode_command_uses_a_tap():
 # --- network_config -------------------------------------------------------------------------------------------
 
 
+def bridge_config(mac: str, address: str, cidr: str, gateway: str) -> str:
+    return seed.network_config({"primary": seed.ethernet(mac, address=address, cidr=cidr, gateway=gateway)})
+
+
 def test_network_config_is_a_v2_config():
-    text = _bridge.network_config("52:54:00:12:34:56", "192.168.124.10", "192.168.124.0/24", "192.168.124.1")
+    text = bridge_config("52:54:00:12:34:56", "192.168.124.10", "192.168.124.0/24", "192.168.124.1")
     config = yaml.safe_load(text)
     assert config == json.loads(text)
     assert config["version"] == 2
     ((_, eth),) = config["ethernets"].items()
     assert eth["match"] == {"macaddress": "52:54:00:12:34:56"}
     assert eth["addresses"] == ["192.168.124.10/24"]
+    assert eth["dhcp4"] is False
     iface = ipaddress.ip_interface(eth["addresses"][0])
     (route,) = eth["routes"]
     assert ipaddress.ip_network(route["to"]) == ipaddress.ip_network("0.0.0.0/0")
@@ -193,7 +198,7 @@ def test_network_config_is_a_v2_config():
 
 
 def test_network_config_prefix_follows_the_cidr():
-    config = json.loads(_bridge.network_config("52:54:00:00:00:01", "10.20.0.30", "10.20.0.0/16", "10.20.0.1"))
+    config = json.loads(bridge_config("52:54:00:00:00:01", "10.20.0.30", "10.20.0.0/16", "10.20.0.1"))
     (eth,) = config["ethernets"].values()
     assert eth["addresses"] == ["10.20.0.30/16"]
 
@@ -363,7 +368,7 @@ def test_seed_iso_is_a_nocloud_volume():
 
 
 def test_seed_iso_with_network_config():
-    network = _bridge.network_config("52:54:00:00:00:01", "192.168.124.10", "192.168.124.0/24", "192.168.124.1")
+    network = bridge_config("52:54:00:00:00:01", "192.168.124.10", "192.168.124.0/24", "192.168.124.1")
     iso = read_iso(seed.build_iso({**SEED_FILES, "network-config": network}))
     try:
         assert iso_file(iso, rr_path="/network-config") == network

@@ -9,18 +9,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 sys.path.insert(0, ROOT)
 
 from components.drivers._local import state_root  # noqa: E402
-from components.drivers.qemu import Options, Vm, vm_props  # noqa: E402
+from components.drivers.qemu import Options, Vm, instance_dir_of, vm_props  # noqa: E402
 from components.tls import SshKey  # noqa: E402
 
 # The image the generic driver's test provisions: bare Debian (no Docker), DMP_BARE_IMAGE overriding it.
 options = Options(image=os.environ.get("DMP_BARE_IMAGE", "debian-13"))
 key = SshKey("bare-key")
-instance_dir = os.path.join(state_root(), f"bare-vm-{pulumi.get_stack()}", "qemu", "bare")
+state_dir = os.path.join(state_root(), f"bare-vm-{pulumi.get_stack()}")
 # The guest's engine port is forwarded too, so the generic stack's daemon is reachable.
-vm = Vm("bare-vm", vm_props("bare", options, instance_dir, ROOT, key.public_key, engine_port=2376))
+vm = Vm("bare-vm", vm_props("bare", options, state_dir, ROOT, key.public_key, engine_port=2376))
 pulumi.export("address", vm.ip)
 pulumi.export("sshPort", vm.ssh_port.apply(int))
 pulumi.export("sshUser", options.ssh_user)
 pulumi.export("sshPrivateKey", key.private_key)
 pulumi.export("enginePort", vm.engine_host_port.apply(int))
-pulumi.export("instanceDir", instance_dir)
+pulumi.export("instanceDir", instance_dir_of(state_dir, "bare"))
