@@ -101,8 +101,9 @@ def _describe(e: dict[str, Any], prefix: tuple[Any, ...], machines: list[Any]) -
     return f"{_location(loc, machines) or 'machines'}: {message}"
 
 
-def _swarm_lines(config: StackConfig) -> list[str]:
-    """A swarm's names against the stack's machines: known, each in one role, advertise only for members."""
+def _swarm_lines(config: StackConfig, validated: list[MachineConfig]) -> list[str]:
+    """A swarm's names against the stack's machines: known, each in one role, advertise only for members, and
+    every member reachable by the others unless its advertise address is given."""
     swarm = config.swarm
     if swarm is None:
         return []
@@ -119,6 +120,12 @@ def _swarm_lines(config: StackConfig) -> list[str]:
     for name in swarm.advertise:
         if name not in roles:
             lines.append(f"swarm.advertise: {name!r} is not a member of the swarm; members: {', '.join(roles)}")
+    for machine in validated:
+        if machine.name in roles and machine.name not in swarm.advertise:
+            problem = drivers.load(machine.driver).unreachable_by_peers(machine)
+            if problem:
+                lines.append(f"machines[{machine.name}].options: swarm members must reach each other, but {problem}; "
+                             f"or give swarm.advertise.{machine.name}")  # fmt: skip
     return lines
 
 
@@ -149,7 +156,7 @@ def parse(raw: Any, ca_rotation: str = "", swarm: Any = None) -> StackConfig:
         if machine.state == "stopped" and not driver.supports_power:
             lines.append(f"{where}.state: the {machine.driver} driver cannot stop a machine")
         validated.append(machine.model_copy(update={"options": options}))
-    lines += _swarm_lines(config)
+    lines += _swarm_lines(config, validated)
     if lines:
         raise ConfigError(_HEADER + "\n  ".join(lines))
     return config.model_copy(update={"machines": validated})

@@ -92,6 +92,10 @@ class Driver(Protocol):
     def create_host(self, ctx: DriverContext) -> Host:
         """Register the resources that make the machine reachable over SSH."""
 
+    def unreachable_by_peers(self, machine: MachineConfig) -> str | None:
+        """Why the stack's other machines cannot reach this one (a swarm needs them to), naming the option that
+        would fix it; None when they can (``Host.private_address``, or ``address`` itself)."""
+
 
 class BaseDriver:
     """Defaults for the optional parts of the contract (docker-machine's drivers/base.go)."""
@@ -120,3 +124,6 @@ class BaseDriver:
 
     def create_host(self, ctx: DriverContext) -> Host:
         raise NotImplementedError
+
+    def unreachable_by_peers(self, machine: MachineConfig) -> str | None:
+        return None

@@ -564,6 +564,12 @@ class QemuDriver(BaseDriver, name="qemu", options=Options, supports_power=True):
                 )
         return lines
 
+    def unreachable_by_peers(self, machine: MachineConfig) -> str | None:
+        options = machine.options
+        if options.network == "user" and not options.private_network:
+            return "a QEMU VM in user mode is reachable from this host only: set private_network: true (or bridge mode)"
+        return None
+
     def create_host(self, ctx: DriverContext) -> Host:
         options: Options = ctx.options
         accel, reason = detect_accel(options.accel)

@@ -12,8 +12,12 @@ from components import config, outputs, provisioning
 from tests.unit.conftest import Program, run_program
 from tests.unit.test_graph import SECRET_SIG, plain
 
-MACHINES = [{"name": "m1"}, {"name": "m2"}, {"name": "w1"}, {"name": "w2"}]
+# On the stack's private network, so that they reach each other; w2 only by its advertise interface.
+PRIVATE = {"private_network": True}
+MACHINES = [{"name": "m1", "options": PRIVATE}, {"name": "m2", "options": PRIVATE}, {"name": "w1", "options": PRIVATE},
+            {"name": "w2"}]  # fmt: skip
 SWARM = {"managers": ["m1", "m2"], "workers": ["w1", "w2"], "advertise": {"w2": "eth1"}}
+PRIVATE_IP = "192.168.125.10"
 TOKENS = "SWMTKN-1-worker\nSWMTKN-1-manager\n10.10.0.11\n"
 
 
@@ -33,6 +37,9 @@ TOKENS = "SWMTKN-1-worker\nSWMTKN-1-manager\n10.10.0.11\n"
         ({"managers": ["m1"], "masters": ["m2"]},
          "swarm.masters: unknown setting; allowed: managers, workers, advertise"),
         (["m1"], "swarm: a mapping is wanted, got ['m1']"),
+        ({"managers": ["m1"], "workers": ["w2"]},
+         "machines[w2].options: swarm members must reach each other, but a QEMU VM in user mode is reachable from "
+         "this host only: set private_network: true (or bridge mode); or give swarm.advertise.w2"),
     ],
 )  # fmt: skip
 def test_a_bad_swarm_is_one_line_naming_the_field(swarm, line):
@@ -51,14 +58,16 @@ def test_a_bad_swarm_registers_nothing():
 
 
 def swarm_program():
-    return run_program(MACHINES, config={"swarm": SWARM}, overrides={"remote:Command": {"stdout": TOKENS}})
+    overrides = {"remote:Command": {"stdout": TOKENS}, "qemu:Vm": {"private_ip": PRIVATE_IP}}
+    return run_program(MACHINES, config={"swarm": SWARM}, overrides=overrides)
 
 
 def test_the_first_manager_initialises_and_every_other_member_joins_after_the_tokens():
     program = swarm_program()
     steps = {r.name: r for r in program.of_type(outputs.REMOTE_COMMAND.token)}
     init, tokens = steps["swarm-init"], steps["swarm-tokens"]
-    assert init.inputs["machine"] == "m1" and "--advertise-addr 127.0.0.1" in init.inputs["stdin"]
+    # A manager advertises its private address, never the 127.0.0.1 its Docker client dials.
+    assert init.inputs["machine"] == "m1" and f"--advertise-addr {PRIVATE_IP}" in init.inputs["stdin"]
     assert init.urn in tokens.dependencies
     for member, role in (("m2", "manager"), ("w1", "worker"), ("w2", "worker")):
         remove, join, ready = (steps[f"swarm-{member}-{s}"] for s in ("remove", "join", "ready"))
