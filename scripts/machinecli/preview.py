@@ -42,6 +42,7 @@ SWARM_STEPS = {
     ("swarm-ready", "delete"): ("disruptive", "drained: its swarm tasks move to other nodes"),
     ("swarm-remove", "delete"): ("note", "node removed from the swarm"),
 }
+_SWARM_WORDS = {words for _, words in SWARM_STEPS.values()}
 # Provisioning steps that run again whenever the server certificate is reissued.
 CERT_STEPS = ("tls", "daemon-config")
 
@@ -336,11 +337,13 @@ def build(preview: dict[str, Any], policy_events: list[dict[str, Any]], stack: s
         change.consequences.sort(key=lambda c: ((DESTRUCTIVE, DISRUPTIVE, NOTE).index(c.severity), c.text))
         if change.name in guessed and change.action in ("update", "replace"):
             change.consequences.append(Consequence(NOTE, _guess_note(change)))
-        # A new machine's parts follow from the line itself; of a removed machine, what is lost.
+        # A new machine's parts follow from the line itself; of a removed machine, what is lost and how it leaves
+        # its swarm.
         if change.action == "create":
             change.consequences = []
         elif change.action == "delete":
-            change.consequences = [c for c in change.consequences if c.severity == DESTRUCTIVE]
+            kept = [c for c in change.consequences if c.severity == DESTRUCTIVE or c.text in _SWARM_WORDS]
+            change.consequences = kept
     policies = [_policy(event, parents) for event in policy_events]
     return Report(
         stack=stack,

@@ -182,3 +182,26 @@ def test_the_engine_walking_independent_steps_in_another_order_changes_nothing(c
     reordered = dict(document, steps=list(reversed(document["steps"])))
     args = (captured["policyEvents"], "STACK", captured["errors"], captured["failed"], captured["deployed"])
     assert preview.as_json(preview.build(reordered, *args)) == preview.as_json(load_case(case))
+
+
+def test_a_machine_removed_from_its_swarm_says_it_is_drained_and_leaves():
+    swarm_urn = f"urn:pulumi:s::docker-machine::{outputs.SWARM_COMPONENT}::swarm"
+
+    def swarm_step(stage: str) -> dict:
+        type_ = f"{outputs.SWARM_COMPONENT}${outputs.REMOTE_COMMAND.token}"
+        urn = f"urn:pulumi:s::docker-machine::{type_}::swarm-m1-{stage}"
+        state = {"type": outputs.REMOTE_COMMAND.token, "parent": swarm_urn,
+                 "inputs": {"machine": "m1", "step": f"swarm-{stage}"}}  # fmt: skip
+        return {"op": "delete", "urn": urn, "oldState": state}
+
+    report = preview.build({"steps": [machine_step("delete"), *(swarm_step(s) for s in ("ready", "join", "remove")),
+                                      step("delete", outputs.QEMU_VM.token, "m1-vm", {"name": "m1"}, None)]},
+                           [], "s", [], False)  # fmt: skip
+    (machine,) = report.machines
+    assert machine.action == "delete"
+    assert [c.text for c in machine.consequences] == [
+        "VM destroyed: containers and volumes on it are lost",
+        "drained: its swarm tasks move to other nodes",
+        "leaves the swarm",
+        "node removed from the swarm",
+    ]
