@@ -175,7 +175,7 @@ def env(
             machine = one(machine.stack, machine.swarm_master)
         probe.require_docker(machine, "Error checking TLS connection: ")
         machine.write_client_certs()
-        values, ip = {k: str(machine.env.get(k, "")) for k in formats.ENV_KEYS}, machine.ip
+        values, ip = machine.docker_env, machine.ip
     chosen = formats.detect_shell(shell)
     if chosen is None:
         # docker-machine failed here; CI jobs and cron run without $SHELL and eval in sh, so print that form.

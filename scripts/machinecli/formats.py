@@ -303,7 +303,7 @@ def host_record(
     config = machine_config or {}
     engine = config.get("engine") or {}
     ssh = info.get("ssh") or {}
-    cert_path = (info.get("env") or {}).get("DOCKER_CERT_PATH", os.path.join(store_path, "machines", name))
+    cert_path = os.path.join(store_path, "machines", name)  # this user's copy, wherever `up` ran
     driver = {
         "IPAddress": info.get("ip", ""),
         "MachineName": name,

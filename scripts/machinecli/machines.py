@@ -44,7 +44,13 @@ class Machine:
 
     @property
     def cert_path(self) -> str:
-        return self.env.get("DOCKER_CERT_PATH") or outputs.cert_path(self.name)
+        # This user's copy of the client certificates: the output's DOCKER_CERT_PATH is that of whoever ran `up`.
+        return outputs.cert_path(self.name)
+
+    @property
+    def docker_env(self) -> dict[str, str]:
+        """What `env` prints, for this user."""
+        return outputs.docker_env(self.name, self.url)
 
     @property
     def docker_host(self) -> tuple[str, int]:

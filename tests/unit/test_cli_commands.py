@@ -225,6 +225,17 @@ def test_env_checks_tls_writes_the_certs_and_prints_the_hint(world, docker, pki)
     )
 
 
+def test_env_and_config_use_this_users_cert_path_not_that_of_whoever_ran_up(world, docker, pki):
+    # A teammate's `up` recorded their own home in the machine's env output.
+    world.by_name["local"].outputs["machines"]["dev"]["env"]["DOCKER_CERT_PATH"] = "/home/alice/.docker/machine/dev"
+    mine = os.path.expanduser("~/.docker/machine/machines/dev")
+    assert f'export DOCKER_CERT_PATH="{mine}"\n' in invoke("env", "dev").stdout
+    assert f"--tlscacert=\"{mine}/ca.pem\"" in invoke("config", "dev").stdout
+    assert invoke("inspect", "dev", "-f", "{{.HostOptions.AuthOptions.CertDir}}").stdout == f"{mine}\n"
+    with open(os.path.join(mine, "key.pem")) as f:
+        assert f.read() == pki.client_key
+
+
 def test_env_unset_needs_no_machine(world, monkeypatch):
     assert invoke("env", "-u").stdout.startswith("unset DOCKER_TLS_VERIFY\n")
     assert error_line(invoke("env", "-u", "dev")) == "Error: Expected no machine name when the -u flag is present"
