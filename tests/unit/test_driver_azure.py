@@ -374,11 +374,6 @@ def test_private_ip_outside_the_subnet_or_reserved(address):
     assert "must be a usable address of subnet_prefix" in error_of({"private_ip_address": address})
 
 
-@pytest.mark.parametrize(("port", "why"), [("0", "out of range"), ("65536", "out of range"), ("80/icmp", "protocol")])
-def test_open_port_out_of_range_or_bad_protocol(port, why):
-    message = error_of({"open_ports": [port]})
-    assert "machines[web].options.open_ports" in message and why in message
-
 
 @pytest.mark.parametrize(
     ("field", "value"),
@@ -401,14 +396,3 @@ def test_missing_existing_subnet_fails_before_the_vm():
         calls={GET_SUBNET: ({}, [("subnetName", "subnet not found")])},
     )
     assert not recorded.of_type(VM_T)
-
-
-def test_invalid_program_config_registers_nothing():
-    spec = common.machine_spec("azure", {"ssh_user": "root"})
-    recorded = common.failed_run(spec, r"machines\[web\].options.ssh_user")
-    assert recorded.resources == []
-
-
-def test_example_stack_config_is_valid():
-    options = common.example_options("azure")  # asserts the driver, and no credentials in plain text
-    assert options.dns_label == "docker-azure-example" and options.ssh_user == "docker-user"

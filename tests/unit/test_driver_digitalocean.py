@@ -205,11 +205,6 @@ def test_unknown_region_format(region):
     assert "machines[web].options.region" in error_of({"region": region})
 
 
-@pytest.mark.parametrize(("port", "why"), [("0", "out of range"), ("99999", "out of range"), ("80/sctp", "protocol")])
-def test_open_port_out_of_range_or_bad_protocol(port, why):
-    message = error_of({"open_ports": [port]})
-    assert "machines[web].options.open_ports" in message and why in message
-
 
 @pytest.mark.parametrize("fingerprint", ["SHA256:abc", "3b:16:bf", "zz:16:bf:e4:8b:00:8b:b8:59:8c:a9:d3:f0:19:45:fa"])
 def test_fingerprint_must_be_md5(fingerprint):
@@ -240,14 +235,3 @@ def test_binary_user_data_is_refused(tmp_path):
 @pytest.mark.parametrize("setting", ["access_token", "token", "private_networking"])
 def test_token_is_not_a_driver_option(setting):
     assert f"machines[web].options.{setting}: unknown setting" in error_of({setting: "x"})
-
-
-def test_bad_option_stops_the_program_before_any_resource():
-    spec = common.machine_spec("digitalocean", {"region": "NYC3"})
-    recorded = common.failed_run(spec, r"machines\[web\].options.region")
-    assert recorded.resources == []
-
-
-def test_example_stack_config_is_valid():
-    options = common.example_options("digitalocean")  # asserts the driver, and no credentials in plain text
-    assert options.region == "nyc3" and options.image == "ubuntu-24-04-x64"
