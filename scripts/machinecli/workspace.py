@@ -8,6 +8,7 @@ fake workspace (tests/fakes/workspace.py).
 
 from __future__ import annotations
 
+import base64
 import glob
 import json
 import os
@@ -347,7 +348,8 @@ def _lock_records(url: str, stack: str) -> list[str]:
         query = urllib.parse.parse_qs(parts.query)
         table = (query.pop("table", None) or ["pulumi_state"])[0]
         dsn = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, doseq=True)))
-        pattern = f".pulumi/locks/%/{PROJECT}/{stack}/%"
+        # Keys carry a prefix of their own (the database name) before .pulumi/.
+        pattern = f"%.pulumi/locks/%/{PROJECT}/{stack}/%"
         sql = f"select data from {table} where key like '{pattern}' order by key"  # names checked below
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", table) or not re.fullmatch(r"[A-Za-z0-9_.-]+", stack):
             return []
@@ -355,8 +357,18 @@ def _lock_records(url: str, stack: str) -> list[str]:
             result = subprocess.run(["psql", dsn, "-X", "-At", "-c", sql], capture_output=True, text=True, timeout=20)
         except (OSError, subprocess.TimeoutExpired):
             return []
-        return [line for line in result.stdout.splitlines() if line.strip()] if result.returncode == 0 else []
+        if result.returncode != 0:
+            return []
+        return [_blob(line) for line in result.stdout.splitlines() if line.strip()]
     return []
+
+
+def _blob(row: str) -> str:
+    """A PostgreSQL backend row holds the file as {"data": base64 of its bytes}."""
+    try:
+        return base64.b64decode(json.loads(row)["data"]).decode()
+    except (ValueError, KeyError, TypeError):
+        return row
 
 
 def backend_unreachable() -> str | None:

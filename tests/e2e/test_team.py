@@ -7,6 +7,7 @@ team's secrets key (and, as on one host, where the VMs' files are).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -212,15 +214,26 @@ def _resources(user: User) -> int:
     return len(json.loads(exported)["deployment"]["resources"])
 
 
+@contextlib.contextmanager
+def up_in_background(user: User) -> Iterator[subprocess.Popen]:
+    """`scripts/machine up` on stack team, running while the test acts; it ends before the next test starts."""
+    process = subprocess.Popen(["scripts/machine", "--stack", "team", "up"], cwd=user.cwd, env=user.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.communicate(timeout=1800)
+
+
 def test_two_ups_at_once_one_proceeds_the_other_names_who_holds_the_stack(world):
     a, b = world["a"], world["b"]
     before = _resources(a)
     _relabel(world, "together=1")
-    first = subprocess.Popen(["scripts/machine", "--stack", "team", "up"], cwd=a.cwd, env=a.env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    _wait_for_lock(b)
-    second = b.machine("--stack", "team", "up", check=False)
-    out, err = first.communicate(timeout=1800)
+    with up_in_background(a) as first:
+        _wait_for_lock(b)
+        second = b.machine("--stack", "team", "up", check=False)
+        out, err = first.communicate(timeout=1800)
     assert first.returncode == 0, err[-3000:]
     lines = [line for line in second.stderr.splitlines() if line.startswith("Error")]
     assert second.returncode == 1 and len(lines) == 1, second.stderr[-3000:]
@@ -231,12 +244,11 @@ def test_two_ups_at_once_one_proceeds_the_other_names_who_holds_the_stack(world)
 def test_the_backend_stopping_mid_up_is_named_and_the_next_up_converges(world, e2e_env):
     a, pg = world["a"], world["pg"]
     _relabel(world, "fault=backend")
-    up = subprocess.Popen(["scripts/machine", "--stack", "team", "up"], cwd=a.cwd, env=a.env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    _wait_for_lock(world["b"])
-    time.sleep(3)
-    pg.stop()
-    out, err = up.communicate(timeout=900)
+    with up_in_background(a) as up:
+        _wait_for_lock(world["b"])
+        time.sleep(3)
+        pg.stop()
+        out, err = up.communicate(timeout=900)
     assert up.returncode == 1, err[-3000:]
     assert f"the state backend postgres://127.0.0.1:{pg.port}/pulumi does not answer" in err
     assert "Traceback" not in err

@@ -3,6 +3,7 @@ backend's locks as scripts/machine reads them, and the provider host's one-line 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -117,6 +118,13 @@ def test_a_live_or_foreign_lock_is_not_stale(tmp_path, monkeypatch):
     assert ws.locks("c") == []
     with pytest.raises(workspace.MachineError, match='stack "a" is in use by another pulumi run'):
         ws.check_lock("a")
+
+
+def test_a_lock_row_of_the_postgresql_backend_reads_as_its_file():
+    # As the backend stores a lock file: a JSON column {"data": base64 of the file's bytes}.
+    content = {"pid": 18381, "username": "root", "hostname": "vm", "timestamp": "2026-12-01T02:47:37.171426513Z"}
+    row = json.dumps({"data": base64.b64encode(json.dumps(content).encode()).decode()})
+    assert json.loads(workspace._blob(row)) == content
 
 
 # --- the dynamic-provider host ------------------------------------------------------------------------------------
