@@ -13,6 +13,9 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider
 
+# Docker 20.10 and later speak it (the machines run 26).
+API_VERSION = "1.41"
+
 
 def _client(props: dict[str, Any]):
     import docker
@@ -25,7 +28,12 @@ def _client(props: dict[str, Any]):
             f.write(props[key])
     tls = docker.tls.TLSConfig(client_cert=(paths["client_cert"], paths["client_key"]), ca_cert=paths["ca_cert"],
                                verify=True)  # fmt: skip
-    return docker.DockerClient(base_url=props["url"].replace("tcp://", "https://"), tls=tls), tmp
+    # requests lets REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE replace the CA a session was given, and the machine's own CA
+    # is the one that must verify the daemon: the session ignores the environment. With the API version given, the
+    # client asks nothing before that.
+    client = docker.DockerClient(base_url=props["url"].replace("tcp://", "https://"), tls=tls, version=API_VERSION)
+    client.api.trust_env = False
+    return client, tmp
 
 
 class _ContainerProvider(ResourceProvider):

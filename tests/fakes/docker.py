@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import ssl
 import tempfile
@@ -42,9 +43,10 @@ class DockerServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's name
-                if self.path == "/_ping":
+                path = re.sub(r"^/v[0-9.]+/", "/", self.path)  # the daemon serves every path versioned too
+                if path == "/_ping":
                     body, kind = b"OK", "text/plain"
-                elif self.path == "/version":
+                elif path == "/version":
                     body = json.dumps({"Version": server.version, "ApiVersion": "1.43"}).encode()
                     kind = "application/json"
                 else:
