@@ -58,11 +58,14 @@ class Stack:
         return json.loads(self.pulumi("stack", "output", "--json", "--show-secrets").stdout)
 
 
-def rewrite_machines(stack: Stack, machines: list[dict]) -> None:
-    """Replace the stack's machines, keeping the rest of its config file (salt, secrets provider, other keys)."""
+def rewrite_machines(stack: Stack, machines: list[dict], **other: object) -> None:
+    """Replace the stack's machines (and ``other`` docker-machine keys, e.g. swarm=…), keeping the rest of its config
+    file (salt, secrets provider, other keys)."""
     with open(stack.config_file) as f:
         document = yaml.safe_load(f) or {}
-    document.setdefault("config", {})["docker-machine:machines"] = machines
+    config = document.setdefault("config", {})
+    config["docker-machine:machines"] = machines
+    config.update({f"docker-machine:{key}": value for key, value in other.items()})
     with open(stack.config_file, "w") as f:
         json.dump(document, f, indent=1)  # JSON is YAML
 
