@@ -15,6 +15,8 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from tests.fakes.docker import DockerServer, make_pki
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -205,3 +207,17 @@ def cloud_plugins(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PULUMI_HOME", str(home))
         yield home
+
+
+@pytest.fixture(scope="module")
+def pki():
+    """A CA with a client and a server certificate (127.0.0.1, localhost)."""
+    return make_pki()
+
+
+@pytest.fixture(scope="module")
+def docker(pki):
+    """A Docker API over mutual TLS from ``pki``, on 127.0.0.1."""
+    server = DockerServer(pki)
+    yield server
+    server.close()

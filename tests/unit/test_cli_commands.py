@@ -19,18 +19,6 @@ KEY = workspace.MACHINES_KEY
 
 
 @pytest.fixture(scope="module")
-def pki():
-    return make_pki()
-
-
-@pytest.fixture(scope="module")
-def docker(pki):
-    server = DockerServer(pki)
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def sshd():
     listener = Listener()
     yield listener
