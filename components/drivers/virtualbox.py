@@ -265,6 +265,40 @@ def remove_leftover(vb: Any, vbox: Any, name: str, instance_dir: str) -> None:
     destroy_vm(vb, machine)
 
 
+def _define_machine(vbox: Any, lib: Any, props: dict[str, Any], iface: str, nat_mac: str, hostonly_mac: str,
+                    ssh_port: int) -> Any:  # fmt: skip
+    """A new, unregistered machine: CPUs, memory, firmware, boot order, disk controller, NAT (with the SSH forward)
+    and host-only NICs."""
+    name, d = props["name"], props["instance_dir"]
+    machine = vbox.create_machine(os.path.join(d, f"{name}.vbox"), name, [], props["os_type"], "")
+    machine.memory_size = int(props["memory"])
+    machine.cpu_count = int(props["cpus"])
+    machine.rtc_use_utc = True
+    # docker-machine's --acpi on --ioapic on: the power button needs ACPI, more than one CPU an IO-APIC.
+    bios = machine.bios_settings
+    bios.acpi_enabled = True
+    bios.ioapic_enabled = True
+    machine.set_boot_order(1, lib.DeviceType.hard_disk)  # the seed DVD is data, not a boot medium
+    for position in (2, 3, 4):
+        machine.set_boot_order(position, lib.DeviceType.null)
+    machine.add_storage_controller(CONTROLLER, lib.StorageBus.sata)
+    nat = machine.get_network_adapter(0)
+    nat.enabled = True
+    nat.attachment_type = lib.NetworkAttachmentType.nat
+    nat.adapter_type = _nic_type(props["nat_nictype"])
+    nat.mac_address = nat_mac
+    engine = nat.nat_engine
+    engine.dns_proxy = True
+    engine.add_redirect("ssh", lib.NATProtocol.tcp, "127.0.0.1", ssh_port, "", GUEST_SSH_PORT)
+    hostonly = machine.get_network_adapter(1)
+    hostonly.enabled = True
+    hostonly.attachment_type = lib.NetworkAttachmentType.host_only
+    hostonly.host_only_interface = iface
+    hostonly.adapter_type = _nic_type(props["hostonly_nictype"])
+    hostonly.mac_address = hostonly_mac
+    return machine
+
+
 def create_vm(props: dict[str, Any]) -> dict[str, Any]:
     vb, vbox = connect()
     lib = vb.library
@@ -294,32 +328,7 @@ def create_vm(props: dict[str, Any]) -> dict[str, Any]:
             f.write(seed.build_iso(files))
         disk = clone_disk(vbox, image, os.path.join(d, "disk.vdi"), props["disk"])
 
-        machine = vbox.create_machine(os.path.join(d, f"{name}.vbox"), name, [], props["os_type"], "")
-        machine.memory_size = int(props["memory"])
-        machine.cpu_count = int(props["cpus"])
-        machine.rtc_use_utc = True
-        # docker-machine's --acpi on --ioapic on: the power button needs ACPI, more than one CPU an IO-APIC.
-        bios = machine.bios_settings
-        bios.acpi_enabled = True
-        bios.ioapic_enabled = True
-        machine.set_boot_order(1, lib.DeviceType.hard_disk)  # the seed DVD is data, not a boot medium
-        for position in (2, 3, 4):
-            machine.set_boot_order(position, lib.DeviceType.null)
-        machine.add_storage_controller(CONTROLLER, lib.StorageBus.sata)
-        nat = machine.get_network_adapter(0)
-        nat.enabled = True
-        nat.attachment_type = lib.NetworkAttachmentType.nat
-        nat.adapter_type = _nic_type(props["nat_nictype"])
-        nat.mac_address = nat_mac
-        engine = nat.nat_engine
-        engine.dns_proxy = True
-        engine.add_redirect("ssh", lib.NATProtocol.tcp, "127.0.0.1", ssh_port, "", GUEST_SSH_PORT)
-        hostonly = machine.get_network_adapter(1)
-        hostonly.enabled = True
-        hostonly.attachment_type = lib.NetworkAttachmentType.host_only
-        hostonly.host_only_interface = iface
-        hostonly.adapter_type = _nic_type(props["hostonly_nictype"])
-        hostonly.mac_address = hostonly_mac
+        machine = _define_machine(vbox, lib, props, iface, nat_mac, hostonly_mac, ssh_port)
         machine.save_settings()
         vbox.register_machine(machine)
         outs["vm_id"] = machine.id_p
