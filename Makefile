@@ -47,7 +47,7 @@ e2e: images
 	@.venv/bin/python -m pytest tests/e2e -q -m e2e
 
 test: images
-	@.venv/bin/python -m pytest -q tests/unit tests/e2e
+	@.venv/bin/python -m pytest -q --durations=40 tests/unit tests/e2e
 
 # Also the Debian 12 image: the benchmark compares both.
 bench: images
