@@ -44,10 +44,11 @@ unit: setup
 	@.venv/bin/python -m pytest tests/unit -q
 
 e2e: images
-	@.venv/bin/python -m pytest tests/e2e -q -m e2e
+	@.venv/bin/python -m pytest tests/e2e -q -n 0 -m e2e
 
 test: images
-	@.venv/bin/python -m pytest -q --durations=40 tests/unit tests/e2e
+	@.venv/bin/python -m pytest -q tests/unit
+	@.venv/bin/python -m pytest -q -n 0 --durations=40 tests/e2e
 
 # Also the Debian 12 image: the benchmark compares both.
 bench: images
