@@ -24,6 +24,11 @@ if [ -z "${PULUMI_BACKEND_URL:-}" ] && [ -s "$DMP_CONFIG_DIR/backend.url" ]; the
   PULUMI_BACKEND_URL="$(cat "$DMP_CONFIG_DIR/backend.url")"
   export PULUMI_BACKEND_URL
 fi
+# The team backend's password stays in a 0600 passfile that PostgreSQL's clients (Pulumi's too) read: never in a URL
+# on a command line or in an environment.
+if [ -z "${PGPASSFILE:-}" ] && [ -s "$DMP_CONFIG_DIR/pgpass" ]; then
+  export PGPASSFILE="$DMP_CONFIG_DIR/pgpass"
+fi
 if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ] \
   && [ -s "$DMP_CONFIG_DIR/backend.key-file" ]; then
   PULUMI_CONFIG_PASSPHRASE_FILE="$(cat "$DMP_CONFIG_DIR/backend.key-file")"
