@@ -4,6 +4,8 @@ STACK ?= local
 PULUMI := scripts/pulumi
 # FORCE=1: clear a stack lock left by a pulumi run that no longer exists (a killed `make up`).
 UNLOCK = scripts/machine --stack $(STACK) unlock $(if $(FORCE),,--check)
+# YES=1: go ahead when the up replaces or deletes a machine (without a terminal it is refused otherwise).
+UP_FLAGS = --create $(if $(YES),--yes) $(if $(FORCE),--force-unlock)
 # A per-person stack's file comes from stacks/defaults the first time (it is not tracked: docs/team.md).
 STACK_FILE = [ -f stacks/Pulumi.$(STACK).yaml ] || [ ! -f stacks/defaults/Pulumi.$(STACK).yaml ] \
 	|| cp stacks/defaults/Pulumi.$(STACK).yaml stacks/Pulumi.$(STACK).yaml
@@ -13,7 +15,7 @@ STACK_FILE = [ -f stacks/Pulumi.$(STACK).yaml ] || [ ! -f stacks/defaults/Pulumi
 setup:
 	@scripts/setup
 
-# The base image of the local driver: Debian 13 with Docker (debootstrap, cached outside the repo; needs root).
+# The base image of the local driver: Debian 13 with Docker (mmdebstrap, no root needed; cached outside the repo).
 image: setup
 	@scripts/build-image debian-13-docker >/dev/null
 
@@ -23,10 +25,8 @@ images: image
 
 up: image
 	@$(STACK_FILE)
-	@$(PULUMI) stack select --create $(STACK) >/dev/null
-	@$(UNLOCK)
 	@scripts/toolchain plugins stacks/Pulumi.$(STACK).yaml
-	@scripts/machine --stack $(STACK) up
+	@scripts/machine --stack $(STACK) up $(UP_FLAGS)
 	@echo
 	@echo 'Docker is up and running! To point your docker client at it, run:'
 	@echo '  eval "$$(scripts/machine env default)"'
@@ -57,4 +57,5 @@ bench: images
 
 lint: setup
 	@.venv/bin/ruff check .
+	@PYTHONPATH=scripts:. .venv/bin/lint-imports --no-cache
 	@scripts/lint-ci

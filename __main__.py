@@ -5,11 +5,11 @@ import os
 
 import pulumi
 
-from components import config, outputs, policy_settings
-from components.drivers._local import stack_state_dir
+from components import config, outputs, ownership, policy_settings
+from components.drivers._local.paths import stack_state_dir
 from components.machine import DockerMachine, DockerMachineArgs
+from components.steps.tls import CertificateAuthority
 from components.swarm import SwarmCluster
-from components.tls import CertificateAuthority
 
 try:
     settings = pulumi.Config()
@@ -29,10 +29,12 @@ except (KeyError, OSError):
 project, stack = pulumi.get_project(), pulumi.get_stack()
 authority = CertificateAuthority(f"{stack}-tls", owner=owner, rotation=stack_config.ca_rotation)
 state_dir = stack_state_dir(project, stack)
+stack_owner = ownership.current(project, stack)
 machines = {
     m.name: DockerMachine(
         m.name,
-        DockerMachineArgs(machine=m, authority=authority, owner=owner, state_dir=state_dir, project_dir=os.getcwd()),
+        DockerMachineArgs(machine=m, authority=authority, owner=owner, state_dir=state_dir, project_dir=os.getcwd(),
+                          stack_owner=stack_owner),
     )
     for m in stack_config.machines
 }

@@ -1,19 +1,23 @@
 """Stack config → validated models, driver options and host prerequisites included, before any resource exists.
 
-``load`` is the program's entry point (``__main__.py``); every problem becomes one ``ConfigError`` line that names
-the field (``machines[default].engine.port``) and says what is allowed.
+The one reader of a stack's configuration: ``load`` for the program (``__main__.py``), where every problem becomes
+one ``ConfigError`` line that names the field (``machines[default].engine.port``) and says what is allowed;
+``machines_of`` for the policy pack and ``scripts/machine`` (each machine on its own, a bad one left out: the program
+names it); ``read_stack_file`` for the plugin preflight (``python -m components.config plugins STACK_FILE``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from components import drivers
-from components.model import ConfigError, EngineOptions, MachineConfig, StackConfig, SwarmConfig
+from components.model import DEFAULT_DRIVER, ConfigError, EngineOptions, MachineConfig, StackConfig, SwarmConfig
+from components.plugins import plugin_installed
 
 __all__ = ["ConfigError", "load", "parse"]
 
@@ -59,7 +63,7 @@ def _allowed_keys(loc: tuple[Any, ...], machines: list[Any]) -> list[str]:
             model = EngineOptions
         elif section[:1] == ("options",):
             raw = machines[loc[1]] if isinstance(loc[1], int) and loc[1] < len(machines) else {}
-            driver = raw.get("driver", "qemu") if isinstance(raw, dict) else "qemu"
+            driver = raw.get("driver", DEFAULT_DRIVER) if isinstance(raw, dict) else DEFAULT_DRIVER
             model = drivers.load(driver).Options if driver in drivers.available() else model
             for key in section[1:]:
                 annotation = model.model_fields[key].annotation if key in model.model_fields else None
@@ -79,7 +83,11 @@ def _shown(value: Any) -> str:
 def _describe(e: dict[str, Any], prefix: tuple[Any, ...], machines: list[Any]) -> str:
     loc = prefix + tuple(e["loc"])
     message = e["msg"].removeprefix("Value error, ")
-    if e["type"] == "extra_forbidden":
+    if e["type"] == "extra_forbidden" and loc[-2:] == ("options", "mounts"):
+        message = ("host folders are shared only into local VMs (drivers qemu, virtualbox); this machine runs "
+                   "elsewhere: copy files with scripts/machine scp --delta, or mount its folders here with "
+                   "scripts/machine mount")  # fmt: skip
+    elif e["type"] == "extra_forbidden":
         message = f"unknown setting; allowed: {', '.join(_allowed_keys(loc, machines))}"
     elif e["type"] == "string_pattern_mismatch" and loc[-1] == "name":
         message = (
@@ -155,6 +163,9 @@ def parse(raw: Any, ca_rotation: str = "", swarm: Any = None) -> StackConfig:
             continue
         if machine.state == "stopped" and not driver.supports_power:
             lines.append(f"{where}.state: the {machine.driver} driver cannot stop a machine")
+        if machine.engine.port == driver.ssh_port(options):
+            lines.append(f"{where}.engine.port: {machine.engine.port} is the machine's SSH port; the Docker engine "
+                         "needs a port of its own (docker-machine's 2376)")  # fmt: skip
         validated.append(machine.model_copy(update={"options": options}))
     lines += _swarm_lines(config, validated)
     if lines:
@@ -197,3 +208,46 @@ def load(raw_machines: str | None, ca_rotation: str | None = None, raw_swarm: st
     config = parse(value, ca_rotation or "", swarm)
     preflight(config)
     return config
+
+
+def machines_of(raw: Any) -> dict[str, MachineConfig]:
+    """The machines of a ``machines`` value (a list, or its JSON text) by name, each validated on its own with its
+    driver's options; a bad entry is left out (the program itself refuses it, naming the field)."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return {}
+    found = {}
+    for entry in raw if isinstance(raw, list) else []:
+        try:
+            (machine,) = parse([entry]).machines
+        except ConfigError:
+            continue
+        found[machine.name] = machine
+    return found
+
+
+def read_stack_file(path: str) -> dict[str, Any]:
+    """A stack file's ``config`` section (``{}`` when it cannot be read)."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            return (yaml.safe_load(f) or {}).get("config") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return {}
+
+
+def missing_plugins(stack_file: str) -> list[tuple[str, str]]:
+    """The plugins that the drivers of a stack file's machines need and that are not installed."""
+    config = read_stack_file(stack_file)
+    raw = next((v for k, v in config.items() if k.endswith(":machines")), None)
+    names = {m.get("driver", DEFAULT_DRIVER) for m in raw or [] if isinstance(m, dict)}
+    wanted = {drivers.load(n).plugin for n in names if n in drivers.available()}
+    return sorted(p for p in wanted if p and not plugin_installed(*p))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["plugins"]:
+    for name, version in missing_plugins(sys.argv[2]):
+        print(name, version)

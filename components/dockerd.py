@@ -20,12 +20,14 @@ WITH_VALUE = frozenset({
     "cpu-rt-runtime", "data-root", "default-address-pool", "default-cgroupns-mode", "default-gateway",
     "default-gateway-v6", "default-ipc-mode", "default-network-opt", "default-runtime", "default-shm-size",
     "default-ulimit", "dns", "dns-opt", "dns-search", "exec-opt", "exec-root", "fixed-cidr", "fixed-cidr-v6", "group",
-    "host-gateway-ip", "http-proxy", "https-proxy", "init-path", "ip", "log-driver", "log-format", "log-level",
-    "log-opt", "max-concurrent-downloads", "max-concurrent-uploads", "max-download-attempts", "metrics-addr", "mtu",
-    "network-control-plane-mtu", "no-proxy", "node-generic-resource", "oom-score-adjust", "seccomp-profile",
-    "shutdown-timeout", "storage-opt", "swarm-default-advertise-addr", "userland-proxy-path", "userns-remap",
+    "host-gateway-ip", "http-proxy", "https-proxy", "init-path", "insecure-registry", "ip", "label", "log-driver",
+    "log-format", "log-level", "log-opt", "max-concurrent-downloads", "max-concurrent-uploads",
+    "max-download-attempts", "metrics-addr", "mtu", "network-control-plane-mtu", "no-proxy", "node-generic-resource",
+    "oom-score-adjust", "registry-mirror", "seccomp-profile", "shutdown-timeout", "storage-driver", "storage-opt",
+    "swarm-default-advertise-addr", "userland-proxy-path", "userns-remap",
 })  # fmt: skip
-# Flags provisioning sets itself: the setting that controls each one instead.
+# Flags provisioning sets itself, whatever the engine options: why each is not for engine.opts. (A flag an engine
+# option sets is refused by EngineOptions itself, naming the option.)
 MANAGED = {
     "host": "the engine listens on fd:// and tcp://0.0.0.0:<engine.port>; set engine.port",
     "tls": "mutual TLS is always on",
@@ -33,10 +35,6 @@ MANAGED = {
     "tlscacert": "the stack's CA is always used",
     "tlscert": "the machine's server certificate is always used",
     "tlskey": "the machine's server key is always used",
-    "storage-driver": "set engine.storage_driver",
-    "label": "set engine.labels",
-    "insecure-registry": "set engine.insecure_registries",
-    "registry-mirror": "set engine.registry_mirrors",
     "containerd": "provisioning points dockerd at the distribution's containerd socket",
     "config-file": "provisioning configures dockerd through its command line",
     "pidfile": "systemd tracks the daemon",

@@ -15,15 +15,20 @@ Strict means what the YAML says is what is used: ``true`` is not a number, ``"2"
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
-from typing import Any, ClassVar, Literal
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from components import dockerd
 
 # docker-machine's rule (libmachine/host.ValidateHostName).
 MACHINE_NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9\-\.]*$"
+MACHINE_NAME_RE = re.compile(MACHINE_NAME_PATTERN)
+# The driver of a machine that names none: a local QEMU VM, no account needed.
+DEFAULT_DRIVER = "qemu"
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
 DNS_NAME_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
@@ -86,22 +91,108 @@ def _key_value_list(value: Any, what: str) -> list[str]:
     raise ValueError(f"{what}s must be a list of key=value strings or a mapping")
 
 
+@dataclass(frozen=True)
+class EngineField:
+    """What an engine option is to every reader: the dockerd flag it becomes (provisioning writes it; None: the option
+    is not a plain flag), the CLI flag of ``scripts/machine create`` (docker-machine's ``--engine-…``), its key in
+    docker-machine's host record (``inspect``; "" keeps it out) and its name in the words of a preview. What is left
+    out follows from the option's name."""
+
+    dockerd: str | None = None
+    cli: str | None = None
+    record: str | None = None
+    words: str | None = None
+    # An environment variable that gives the option when its CLI flag is not given.
+    env: str | None = None
+
+    def named(self, option: str) -> EngineField:
+        return EngineField(
+            self.dockerd,
+            self.cli or "engine-" + option.replace("_", "-"),
+            "".join(part.capitalize() for part in option.split("_")) if self.record is None else self.record,
+            self.words or option.replace("_", " "),
+            self.env,
+        )
+
+
+def engine(default: Any, what: EngineField, **field: Any) -> Any:
+    """An ``EngineOptions`` field with its ``EngineField``: every reader derives from it (components/steps/
+    provisioning.py, scripts/machinecli: create's flags, inspect's record, the preview's words)."""
+    return Field(default, json_schema_extra={"engine": asdict(what)}, **field)
+
+
+PROXY_URL_RE = re.compile(r"^https?://([^/@\s]+@)?[A-Za-z0-9.\-\[\]:]+(:\d{1,5})?/?$")
+REGISTRY_RE = re.compile(r"^[A-Za-z0-9\[][A-Za-z0-9.\-\[\]:]*$")
+
+
+class ProxySettings(StrictModel):
+    """Proxies for the daemon and the guest's package manager, instead of the host's."""
+
+    http: str | None = None
+    https: str | None = None
+    no_proxy: str | None = Field(None, description="comma-separated hosts, domains and CIDRs reached directly")
+
+    @field_validator("http", "https")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not PROXY_URL_RE.match(v):
+            raise ValueError("must be a proxy URL such as http://proxy.example.test:3128 (user:password@ allowed)")
+        return v
+
+
+def _proxy_setting(v: Any) -> str | ProxySettings:
+    """``auto``, ``none`` or the proxies themselves; one message whichever is wrong."""
+    if v in ("auto", "none") or isinstance(v, ProxySettings):
+        return v
+    if not isinstance(v, dict):
+        raise ValueError("must be auto, none or {http: URL, https: URL, no_proxy: HOSTS}")
+    try:
+        return ProxySettings.model_validate(v)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
 class EngineOptions(StrictModel):
     """docker-machine's --engine-* flags."""
 
-    install: Literal["script", "packages", "none"] = Field(
-        "script",
+    install: Literal["script", "packages", "none"] = engine(
+        "script", EngineField(record=""),
         description="script: download install_url and run it (docker-machine); packages: the distribution's "
         "packages; none: require Docker to be there.",
-    )
-    install_url: str = "https://get.docker.com"
-    port: int = Field(2376, ge=1, le=65535)
-    storage_driver: str = Field("overlay2", pattern=r"^[a-z0-9-]+$")
-    labels: list[str] = []
-    insecure_registries: list[str] = []
-    registry_mirrors: list[str] = []
-    opts: list[str] = Field([], description="flag=value → dockerd --flag=value (or a bare switch)")
-    env: list[str] = []
+    )  # fmt: skip
+    install_url: str = engine("https://get.docker.com",
+                              EngineField(record="InstallURL", env="MACHINE_DOCKER_INSTALL_URL"))  # fmt: skip
+    port: int = engine(2376, EngineField(record=""), ge=1, le=65535)
+    storage_driver: str = engine("overlay2", EngineField("storage-driver"), pattern=r"^[a-z0-9-]+$")
+    labels: list[str] = engine([], EngineField("label", "engine-label", words="engine labels"))
+    insecure_registries: list[str] = engine([], EngineField("insecure-registry", "engine-insecure-registry",
+                                                            "InsecureRegistry"))  # fmt: skip
+    registry_mirrors: list[str] = engine([], EngineField("registry-mirror", "engine-registry-mirror",
+                                                         "RegistryMirror"))  # fmt: skip
+    opts: list[str] = engine([], EngineField(cli="engine-opt", record="ArbitraryFlags"),
+                             description="flag=value → dockerd --flag=value (or a bare switch)")  # fmt: skip
+    env: list[str] = engine([], EngineField(words="engine environment"))
+    proxy: Annotated[Any, BeforeValidator(_proxy_setting)] = engine(
+        "auto", EngineField(record="", words="proxies"),
+        description="auto: the host's HTTP(S)_PROXY/NO_PROXY (a proxy on its loopback as the guest reaches it); none; "
+        "or {http, https, no_proxy}",
+    )  # fmt: skip
+    registry_certs: dict[str, str] = engine(
+        {}, EngineField(record="", words="registry CAs"),
+        description="HOST[:PORT]: a CA file (PEM), installed as /etc/docker/certs.d/HOST[:PORT]/ca.crt; the user's "
+        "~/.docker/certs.d/*/ca.crt are added",
+    )  # fmt: skip
+
+    @classmethod
+    def fields(cls) -> dict[str, EngineField]:
+        """Every option's EngineField, in declaration order, with what it leaves out named after the option."""
+        found = {}
+        for name, info in cls.model_fields.items():
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            found[name] = EngineField(**extra.get("engine", {})).named(name)
+        return found
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -129,7 +220,26 @@ class EngineOptions(StrictModel):
         for item in v:
             if not isinstance(item, str):
                 raise ValueError(f"engine opt {item!r} must be a string such as log-level=debug")
+        options = {f.dockerd: name for name, f in cls.fields().items() if f.dockerd}
+        for item in v:
+            flag = item.removeprefix("--").partition("=")[0]
+            if flag in options:
+                raise ValueError(f"{flag!r} cannot be set through engine.opts: set engine.{options[flag]}")
         return [dockerd.check_opt(item) for item in v]
+
+    @field_validator("registry_certs", mode="before")
+    @classmethod
+    def _registry_certs(cls, v: Any) -> Any:
+        if isinstance(v, str):  # scripts/machine create --engine-registry-certs HOST=FILE
+            registry, _, path = v.partition("=")
+            v = {registry: path}
+        if isinstance(v, dict):
+            for registry, path in v.items():
+                if not isinstance(registry, str) or not REGISTRY_RE.match(registry) or ".." in registry:
+                    raise ValueError(f"registry {registry!r} must be HOST or HOST:PORT")
+                if not isinstance(path, str) or not os.path.isfile(os.path.expanduser(path)):
+                    raise ValueError(f"{registry}: {path!r} is not a file on this host (a CA certificate, PEM)")
+        return v
 
     @field_validator("install_url")
     @classmethod
@@ -162,7 +272,7 @@ class EngineOptions(StrictModel):
 
 class MachineConfig(StrictModel):
     name: str = Field(pattern=MACHINE_NAME_PATTERN, max_length=63)
-    driver: str = Field("qemu", pattern=r"^[a-z][a-z0-9_]*$")
+    driver: str = Field(DEFAULT_DRIVER, pattern=r"^[a-z][a-z0-9_]*$")
     options: Any = Field(None, description="driver options, validated by the driver's Options model")
     engine: EngineOptions = EngineOptions()
     tls_san: list[str] = []

@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from components import ownership
+
 
 class DynamicType(NamedTuple):
     """A Python dynamic resource's type: ``pulumi-python:dynamic/<module>:<name>``."""
@@ -25,35 +27,16 @@ class DynamicType(NamedTuple):
         return f"pulumi-python:dynamic/{self.module}:{self.name}"
 
 
+# The shared resources' type tokens; each driver declares its own (components/drivers/base.py: VmResource, Firewall).
 COMPONENT = "dockermachine:index:DockerMachine"
 SWARM_COMPONENT = "dockermachine:index:Swarm"
 REMOTE_COMMAND = DynamicType("remote", "Command")
+HOST_KEY_SCAN = DynamicType("remote", "HostKeyScan")
 API_CHECK = DynamicType("docker", "ApiCheck")
 DOCKER_CONTEXT = DynamicType("docker", "Context")
 CERTIFICATE_AUTHORITY = DynamicType("tls", "CertificateAuthority")
 SERVER_CERTIFICATE = DynamicType("tls", "ServerCertificate")
 SSH_KEY = DynamicType("tls", "SshKey")
-QEMU_VM = DynamicType("qemu", "Vm")
-VIRTUALBOX_VM = DynamicType("virtualbox", "Vm")
-PORT_FORWARDER = DynamicType("qemu", "PortForwarder")
-
-# The resource that is the machine itself, per driver (the cloud SDKs' tokens): replacing or deleting it loses
-# the containers and volumes on it.
-VM_TYPES = frozenset({
-    QEMU_VM.token, VIRTUALBOX_VM.token,
-    "aws:ec2/instance:Instance", "azure-native:compute:VirtualMachine", "digitalocean:index/droplet:Droplet",
-})  # fmt: skip
-# Local VM inputs applied by powering the VM off and on again (anything else they own needs a new VM).
-POWER_CYCLE_INPUTS = {
-    QEMU_VM.token: ("cpus", "memory", "accel_requested", "forwards"),
-    VIRTUALBOX_VM.token: ("cpus", "memory", "ui_type"),
-}
-# Cloud firewalls the drivers create, with the input holding their inbound rules.
-INGRESS_INPUTS = {
-    "aws:ec2/securityGroup:SecurityGroup": "ingress",
-    "azure-native:network:NetworkSecurityGroup": "securityRules",
-    "digitalocean:index/firewall:Firewall": "inboundRules",
-}
 
 
 class _Model(BaseModel):
@@ -66,6 +49,8 @@ class SshEndpoint(_Model):
     host: str = ""
     port: int = 22
     user: str = "root"
+    # The host's SSH public key (OpenSSH line) every dial pins: scripts/machine ssh/scp check it too.
+    host_key: str = ""
 
 
 class MachineOutputs(_Model):
@@ -81,6 +66,9 @@ class MachineOutputs(_Model):
     ssh: SshEndpoint = SshEndpoint()
     docker_version: str = ""
     server_cert_serial: str = ""
+    # What the server certificate names: the address the client dials, localhost and tls_san; and its end (ISO).
+    server_cert_sans: list[str] = []
+    server_cert_expires: str = ""
     # Driver facts (e.g. a local VM's instance directory, where its port forwarder reports conflicts).
     details: dict[str, Any] = {}
     # Where the stack's other machines reach this one (a swarm's advertise address); None if the driver has none.
@@ -124,6 +112,9 @@ OUTPUT_NAMES = {name: field.alias for name, field in StackOutputs.model_fields.i
 # --- the client's certificate files (docker-machine's DOCKER_CERT_PATH) ------------------------------------------
 
 CERT_FILES = {"ca.pem": 0o644, "cert.pem": 0o644, "key.pem": 0o600}
+# A cert directory of ours from before ownership markers holds just these.
+_UNMARKED_OURS = frozenset(CERT_FILES)
+CERT_DIRECTORY = "the client certificate directory"
 
 
 def store_path() -> str:
@@ -131,24 +122,30 @@ def store_path() -> str:
     return os.path.join(os.path.expanduser("~"), ".docker", "machine")
 
 
-def cert_path(machine_name: str) -> str:
-    """docker-machine's DOCKER_CERT_PATH for a machine: ``~/.docker/machine/machines/<name>``."""
-    return os.path.join(store_path(), "machines", machine_name)
+def cert_path(machine_name: str, owner: ownership.Owner) -> str:
+    """docker-machine's DOCKER_CERT_PATH for a machine, ``~/.docker/machine/machines/<name>``, unless that directory
+    is someone else's (docker-machine's own machine, another stack's): then ``<name>.<stack>`` beside it."""
+    primary = os.path.join(store_path(), "machines", machine_name)
+    if ownership.state(primary, owner, _UNMARKED_OURS) in ("absent", "ours"):
+        return primary
+    return os.path.join(store_path(), "machines", f"{machine_name}.{owner.stack}")
 
 
-def docker_env(machine_name: str, url: str) -> dict[str, str]:
+def docker_env(machine_name: str, url: str, cert_dir: str) -> dict[str, str]:
     """The variables ``scripts/machine env`` prints, in docker-machine's order."""
     return {
         "DOCKER_TLS_VERIFY": "1",
         "DOCKER_HOST": url,
-        "DOCKER_CERT_PATH": cert_path(machine_name),
+        "DOCKER_CERT_PATH": cert_dir,
         "DOCKER_MACHINE_NAME": machine_name,
     }
 
 
-def write_client_certs(directory: str, ca_cert: str, client_cert: str, client_key: str) -> None:
-    """ca.pem, cert.pem and key.pem (0600) in a 0700 directory, each replaced atomically."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+def write_client_certs(directory: str, owner: ownership.Owner, ca_cert: str, client_cert: str,
+                       client_key: str) -> None:  # fmt: skip
+    """ca.pem, cert.pem and key.pem (0600) in a 0700 directory of ours, each replaced atomically; NotOurs for a
+    directory of someone else."""
+    ownership.claim(directory, owner, CERT_DIRECTORY, _UNMARKED_OURS)
     contents = {"ca.pem": ca_cert, "cert.pem": client_cert, "key.pem": client_key}
     for filename, mode in CERT_FILES.items():
         path = os.path.join(directory, filename)
@@ -159,8 +156,11 @@ def write_client_certs(directory: str, ca_cert: str, client_cert: str, client_ke
         os.replace(tmp, path)
 
 
-def remove_client_certs(directory: str) -> None:
-    for filename in CERT_FILES:
+def remove_client_certs(directory: str, owner: ownership.Owner) -> bool:
+    """Remove a cert directory of ours (only ours); whether it was."""
+    if ownership.state(directory, owner, _UNMARKED_OURS) != "ours":
+        return False
+    for filename in (*CERT_FILES, ownership.MARKER):
         try:
             os.unlink(os.path.join(directory, filename))
         except FileNotFoundError:
@@ -169,3 +169,4 @@ def remove_client_certs(directory: str) -> None:
         os.rmdir(directory)
     except OSError:
         pass
+    return True

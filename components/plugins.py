@@ -1,8 +1,5 @@
-"""The Pulumi resource plugins the cloud drivers need, at the versions their pip packages (requirements.txt) pin.
-
-``python -m components.plugins STACK_FILE`` prints ``NAME VERSION`` for each plugin that a stack's drivers need and
-that is not installed (scripts/toolchain installs them where Pulumi's downloads are reachable).
-"""
+"""The Pulumi resource plugins the cloud drivers need, at the versions their pip packages (requirements.txt) pin
+(``python -m components.config plugins STACK_FILE`` lists those a stack file's machines lack)."""
 
 from __future__ import annotations
 
@@ -10,7 +7,6 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 
 
 def plugin_of(package: str) -> tuple[str, str] | None:
@@ -43,25 +39,3 @@ def missing_plugin(name: str, version: str) -> str | None:
         f"the Pulumi plugin pulumi-resource-{name} v{version} (the version requirements.txt pins) is not installed; "
         f"install it with: scripts/pulumi plugin install resource {name} {version}"
     )
-
-
-def missing_for_stack(stack_file: str) -> list[tuple[str, str]]:
-    """The plugins that the drivers of a stack file's machines need and that are not installed."""
-    import yaml
-
-    from components import drivers
-
-    try:
-        with open(stack_file) as f:
-            config = (yaml.safe_load(f) or {}).get("config") or {}
-    except (OSError, yaml.YAMLError):
-        return []
-    machines = next((v for k, v in config.items() if k.endswith(":machines")), None)
-    names = {m.get("driver", "qemu") for m in machines or [] if isinstance(m, dict)}
-    wanted = {drivers.load(n).plugin for n in names if n in drivers.available()}
-    return sorted(p for p in wanted if p and not plugin_installed(*p))
-
-
-if __name__ == "__main__":
-    for name, version in missing_for_stack(sys.argv[1]):
-        print(name, version)

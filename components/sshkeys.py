@@ -101,3 +101,30 @@ def login_key(options: OwnKey, stack_key: Any) -> tuple[pulumi.Input[str], pulum
     if own:
         return pulumi.Output.secret(own[0]), own[1]
     return stack_key.private_key, stack_key.public_key
+
+
+def check_public_key(line: str) -> str:
+    """An SSH public key as known_hosts or a .pub file writes it (``type base64 [comment]``): ``type base64``."""
+    parts = line.split()
+    if len(parts) >= 3 and not parts[0].startswith(("ssh-", "ecdsa-")):
+        parts = parts[1:]  # a known_hosts line starts with the host names
+    try:
+        serialization.load_ssh_public_key(" ".join(parts[:2]).encode())
+    except (ValueError, UnsupportedAlgorithm, IndexError):
+        raise ValueError("is not an SSH public key line (e.g. 'ssh-ed25519 AAAA…', as in known_hosts)") from None
+    return " ".join(parts[:2])
+
+
+def known_host_key(known_hosts: str, host: str, port: int) -> str | None:
+    """The key ``known_hosts`` (OpenSSH's format, hashed names too) holds for host:port, ed25519 first; None if none."""
+    import paramiko
+
+    try:
+        entries = paramiko.HostKeys(known_hosts)
+    except (OSError, paramiko.SSHException):
+        return None
+    found = entries.lookup(host if port == 22 else f"[{host}]:{port}") or {}
+    for kind in ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"):
+        if kind in found:
+            return f"{kind} {found[kind].get_base64()}"
+    return None

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import pulumi
 
-from components import outputs, provisioning
+from components import outputs
 from components.machine import DockerMachine
 from components.model import SwarmConfig
-from components.remote import RemoteCommand
+from components.steps import provisioning
+from components.steps.remote import RemoteCommand
 
 
 class SwarmCluster(pulumi.ComponentResource):

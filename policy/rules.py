@@ -26,29 +26,15 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 from pulumi_policy.proxy import UnknownValueError
-from pydantic import ValidationError
 
-from components import dockerd, outputs, policy_settings, provisioning
-from components.drivers import qemu, virtualbox
+from components import config, dockerd, drivers, outputs, policy_settings
 from components.model import ConfigError, EngineOptions, MachineConfig
 from components.policy_settings import PolicySettings
+from components.steps import names, provisioning
 
 STACK_TYPE = "pulumi:pulumi:Stack"
-AWS_SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
-AZURE_NSG = "azure-native:network:NetworkSecurityGroup"
-DO_FIREWALL = "digitalocean:index/firewall:Firewall"
-# Each cloud's VM: where its size is, the driver option that sets it, and the output that only a new VM lacks.
-CLOUD_VMS = {
-    "aws:ec2/instance:Instance": (("instanceType",), "instance_type", "arn"),
-    "azure-native:compute:VirtualMachine": (("hardwareProfile", "vmSize"), "size", "vmId"),
-    "digitalocean:index/droplet:Droplet": (("size",), "size", "urn"),
-}
-# Local VMs are the project's own resources: the provider's own list of inputs whose change means a new VM.
-LOCAL_VMS = {
-    outputs.QEMU_VM.token: qemu.VmProvider.REPLACE_ON,
-    outputs.VIRTUALBOX_VM.token: virtualbox.VmProvider.REPLACE_ON,
-}
-SSH_PORT = 22
+# How `pulumi stack export` marks a value it keeps encrypted.
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
 LOCAL_LISTENERS = ("unix://", "fd://")
 
 
@@ -89,7 +75,7 @@ class Stack:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Stack:
         """From the variables the language host sets before the pack starts (PULUMI_CONFIG, PULUMI_STACK…)."""
-        config = json.loads(env.get("PULUMI_CONFIG") or "{}")
+        settings = json.loads(env.get("PULUMI_CONFIG") or "{}")
         secret_keys = json.loads(env.get("PULUMI_CONFIG_SECRET_KEYS") or "[]")
         name = env.get("PULUMI_STACK", "stack")
         stack = cls(dry_run=env.get("PULUMI_DRY_RUN", "true") == "true")
@@ -97,27 +83,11 @@ class Stack:
         stack.previous = lambda: previous_resources(f"{org}/{project}/{name}" if org and project else name)
         key = policy_settings.KEY
         try:
-            stack.settings = policy_settings.load(config.get(key), secret=key in secret_keys)
+            stack.settings = policy_settings.load(settings.get(key), secret=key in secret_keys)
         except ConfigError as err:
             stack.settings_error = str(err)
-        stack.machines = _machines(config.get("docker-machine:machines"))
+        stack.machines = config.machines_of(settings.get("docker-machine:machines") or "[]")
         return stack
-
-
-def _machines(raw: str | None) -> dict[str, MachineConfig]:
-    """The stack's machines by name; a bad entry is left out (the program itself refuses it with its own message)."""
-    try:
-        entries = json.loads(raw or "[]")
-    except ValueError:
-        return {}
-    machines = {}
-    for entry in entries if isinstance(entries, list) else []:
-        try:
-            machine = MachineConfig.model_validate(entry)
-        except ValidationError:
-            continue
-        machines[machine.name] = machine
-    return machines
 
 
 def _machine_of(parent: str | None) -> str:
@@ -127,6 +97,7 @@ def _machine_of(parent: str | None) -> str:
 
 
 def _step(args: ResourceValidationArgs, step: str) -> bool:
+    """Whether the resource is the given remote step of a machine (components/steps/names.py)."""
     return args.resource_type == outputs.REMOTE_COMMAND.token and args.props.get("step") == step
 
 
@@ -148,7 +119,7 @@ def _dockerd_flags(stack: Stack, args: ResourceValidationArgs) -> tuple[list[tup
 
 
 def daemon_tls(stack: Stack, args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if not _step(args, "daemon-config"):
+    if not _step(args, names.DAEMON_CONFIG):
         return
     machine = args.props["machine"]
     try:
@@ -181,7 +152,7 @@ def daemon_tls(stack: Stack, args: ResourceValidationArgs, report: ReportViolati
 
 
 def insecure_registries(stack: Stack, args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if not stack.settings.production or not _step(args, "daemon-config"):
+    if not stack.settings.production or not _step(args, names.DAEMON_CONFIG):
         return
     machine = args.props["machine"]
     try:
@@ -197,7 +168,7 @@ def insecure_registries(stack: Stack, args: ResourceValidationArgs, report: Repo
 
 
 def install_url_https(stack: Stack, args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if not _step(args, "install-docker"):
+    if not _step(args, names.INSTALL_DOCKER):
         return
     url = provisioning.install_url(args.props["stdin"])
     if url is not None and urllib.parse.urlsplit(url).scheme != "https":
@@ -221,44 +192,22 @@ def _anywhere(source: Any) -> bool:
         return False
 
 
-def _ports(text: Any) -> range | None:
-    """A port or range as clouds write it ("22", "1000-2000"); None for every port ("*", "all", "")."""
-    text = str(text or "").strip().lower()
-    if text in ("", "*", "all", "any"):
-        return None
-    low, _, high = text.partition("-")
-    return range(int(low), int(high or low) + 1)
-
-
 def _openings(resource_type: str, props: Mapping[str, Any]) -> list[tuple[range | None, list[str]]]:
-    """The TCP ports a firewall resource lets in from anywhere, each with the sources that are anywhere."""
-    found: list[tuple[range | None, list[Any]]] = []
-    if resource_type == AWS_SECURITY_GROUP:
-        for rule in props.get("ingress") or []:
-            protocol = str(rule.get("protocol", "")).lower()
-            if protocol in ("tcp", "6", "-1", "all"):
-                ports = None if protocol in ("-1", "all") else range(int(rule["fromPort"]), int(rule["toPort"]) + 1)
-                found.append((ports, [*(rule.get("cidrBlocks") or []), *(rule.get("ipv6CidrBlocks") or [])]))
-    elif resource_type == AZURE_NSG:
-        for rule in props.get("securityRules") or []:
-            direction, access, protocol = (str(rule.get(k, "")).lower() for k in ("direction", "access", "protocol"))
-            if (direction, access) == ("inbound", "allow") and protocol in ("tcp", "*"):
-                sources = [rule.get("sourceAddressPrefix"), *(rule.get("sourceAddressPrefixes") or [])]
-                ranges = [rule.get("destinationPortRange"), *(rule.get("destinationPortRanges") or [])]
-                found += [(_ports(r), sources) for r in ranges if r is not None]
-    elif resource_type == DO_FIREWALL:
-        for rule in props.get("inboundRules") or []:
-            if str(rule.get("protocol", "")).lower() == "tcp":
-                found.append((_ports(rule.get("portRange")), list(rule.get("sourceAddresses") or [])))
-    return [(ports, anywhere) for ports, sources in found if (anywhere := [s for s in sources if s and _anywhere(s)])]
+    """The TCP ports a firewall resource of a driver lets in from anywhere, each with the sources that are anywhere."""
+    found = []
+    for rule in drivers.ingress_rules(resource_type, props):
+        anywhere = [s for s in rule.sources if s and _anywhere(s)]
+        if rule.protocol in ("tcp", "*", "any", "6", "-1", "all") and anywhere:
+            found.append((rule.ports, anywhere))
+    return found
 
 
 def _machine_ports(stack: Stack, machine: str) -> tuple[set[int], int]:
-    """(SSH ports, engine port) of a machine: 22 and the driver's ssh_port if set; engine.port."""
-    config = stack.machines.get(machine)
-    options = config.options if config is not None and isinstance(config.options, dict) else {}
-    ssh = {SSH_PORT, options["ssh_port"]} if isinstance(options.get("ssh_port"), int) else {SSH_PORT}
-    return ssh, (config.engine if config is not None else EngineOptions()).port
+    """(SSH ports, engine port) of a machine: 22 and its driver's SSH port; engine.port."""
+    found = stack.machines.get(machine)
+    if found is None:
+        return {22}, EngineOptions().port
+    return {22, drivers.load(found.driver).ssh_port(found.options)}, found.engine.port
 
 
 def _ingress(stack: Stack, args: ResourceValidationArgs, report: ReportViolation, what: str) -> None:
@@ -297,11 +246,12 @@ def engine_ingress_anywhere(stack: Stack, args: ResourceValidationArgs, report: 
 
 def instance_size(stack: Stack, args: ResourceValidationArgs, report: ReportViolation) -> None:
     allowed = stack.settings.instance_sizes
-    if not allowed or args.resource_type not in CLOUD_VMS:
+    vm = drivers.vm_resource(args.resource_type)
+    if not allowed or vm is None or not vm.size_path:
         return
-    path, option, _ = CLOUD_VMS[args.resource_type]
+    option = vm.size_option
     size: Any = args.props
-    for key in path:
+    for key in vm.size_path:
         size = size.get(key) if isinstance(size, Mapping) else None
     if size not in allowed:
         machine = _machine_of(args.opts.parent) or "…"
@@ -335,16 +285,21 @@ def machine_without_docker_context(stack: Stack, args: StackValidationArgs, repo
 def _replaced(before: Mapping[str, Any], after: Any, resource_type: str) -> list[str]:
     """Why a VM that existed is replaced (empty: it is not). ``before``: its last outputs; ``after``: what the preview
     plans for it (the old outputs when unchanged; the new inputs for a local VM that changes)."""
-    if resource_type in LOCAL_VMS:
+    vm = drivers.vm_resource(resource_type)
+    if vm is not None and vm.replace_inputs:
         changed = []
-        for key in LOCAL_VMS[resource_type]:
+        for key in vm.replace_inputs:
+            if isinstance(before.get(key), dict) and SECRET_SIG in before[key]:
+                continue  # kept encrypted by the export: a secret (the host key) cannot be compared here
             try:
                 if after.get(key) != before.get(key):
                     changed.append(key)
             except UnknownValueError:
                 changed.append(f"{key} (not known yet)")
         return changed
-    identity = CLOUD_VMS[resource_type][2]
+    identity = vm.identity_output if vm is not None else None
+    if identity is None:
+        return []
     try:
         kept = after.get(identity)
     except UnknownValueError:
@@ -353,7 +308,8 @@ def _replaced(before: Mapping[str, Any], after: Any, resource_type: str) -> list
 
 
 def vm_replaced(stack: Stack, args: StackValidationArgs, report: ReportViolation) -> None:
-    vms = [r for r in args.resources if r.resource_type in LOCAL_VMS or r.resource_type in CLOUD_VMS]
+    vm_types = drivers.vm_types()
+    vms = [r for r in args.resources if r.resource_type in vm_types]
     if not vms:
         return  # e.g. generic hosts: no need to read the last deployment
     if not stack.dry_run:

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import pulumi
 from pydantic import BeforeValidator, Field, field_validator
 
+from components import cloudinit
 from components.drivers.base import DriverContext, Host
 from components.model import StrictModel
 
@@ -100,5 +101,24 @@ def cloud_host(ctx: DriverContext, address: pulumi.Input[str], ssh_port: int, ss
                private_address: pulumi.Input[str]) -> Host:  # fmt: skip
     """A cloud VM: SSH, the Docker client and the server certificate all use ``address``; the stack's other machines
     reach it at its ``private_address`` in the cloud's network."""
-    return Host(ssh_host=address, ssh_port=ssh_port, ssh_user=ssh_user, ssh_private_key=private_key, address=address,
-                engine_port=ctx.machine.engine.port, ready=ready, private_address=private_address)  # fmt: skip
+    return Host(ssh_host=address, ssh_port=ssh_port, ssh_user=ssh_user, ssh_private_key=private_key,
+                host_key=ctx.host_key.public_key, address=address, engine_port=ctx.machine.engine.port, ready=ready,
+                private_address=private_address)  # fmt: skip
+
+
+def user_data(ctx: DriverContext, user_data_file: str | None) -> pulumi.Output[str]:
+    """The VM's user-data: the SSH host key we made (cloud-init installs it, so the first dial can pin it) and the
+    user's own user-data file, if any; a secret, as it holds the host's private key."""
+    extra = read_file(user_data_file) if user_data_file else None
+    keys = pulumi.Output.all(ctx.host_key.private_key, ctx.host_key.public_key)
+    return pulumi.Output.secret(keys.apply(lambda k: cloudinit.cloud_user_data((k[0], k[1]), extra)))
+
+
+def ports(value: Any) -> range | None:
+    """A port or range as clouds write it ("22", "1000-2000", 22.0 from the engine); None for every port ("*", "all",
+    "", -1)."""
+    text = str(value if value is not None else "").strip().lower()
+    if text in ("", "*", "all", "any", "-1", "-1.0"):
+        return None
+    low, _, high = text.partition("-")
+    return range(int(float(low)), int(float(high or low)) + 1)

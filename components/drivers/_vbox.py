@@ -1,5 +1,6 @@
 """VirtualBox's API as the virtualbox driver uses it (pyvbox, VirtualBox 6.1): connecting, media, the host-only
-network and machine states. Not a driver (its name starts with ``_``); see ``virtualbox.py``."""
+network and the addresses we hand out on it, machine states. Not a driver (its name starts with ``_``); see
+``virtualbox.py``."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from components.drivers._local import cache_root
+from components import cloudinit
+from components.drivers._local.leases import claim_lease, release_lease
+from components.drivers._local.paths import cache_root, state_root
+from components.drivers._local.shares import fstab_line
 
 # VirtualBox >= 6.1.28 on Linux and macOS refuses host-only addresses outside this range unless
 # /etc/vbox/networks.conf allows more (docker-machine's 192.168.99.1/24 default broke with it).
 HOSTONLY_ALLOWED = ipaddress.IPv4Network("192.168.56.0/21")
 DEFAULT_HOSTONLY_CIDR = "192.168.56.1/24"  # VirtualBox's own default (vboxnet0)
-# pyvbox 2.1.1 is generated from the VirtualBox 6.1 XIDL: its enums and method signatures are 6.1's.
 # pyvbox 2.1.1 is generated from the VirtualBox 6.1 XIDL: its enums and method signatures are 6.1's.
 SUPPORTED_API = (6, 1)
 # docker-machine's --virtualbox-*-nictype values → VirtualBox's NetworkAdapterType labels.
@@ -302,3 +305,66 @@ def _nic_type(option: str) -> Any:
     lib = _library()
     values = {label: value for label, value, _ in lib.NetworkAdapterType._enums}
     return lib.NetworkAdapterType(values[NIC_TYPES[option]])
+
+
+# --- addresses on the host-only network ------------------------------------------------------------------
+
+
+def _lease_dir(network: ipaddress.IPv4Network) -> str:
+    return os.path.join(state_root(), "virtualbox", "hostonly", str(network).replace("/", "_"))
+
+
+def lease_address(cidr: str, owner: str, wanted: str | None, reserved: set[ipaddress.IPv4Address]) -> str:
+    """Reserve a host-only address for ``owner`` (shared by every stack on this host)."""
+    host_ip, network = parse_hostonly_cidr(cidr)
+    leases = _lease_dir(network)
+    if wanted and ipaddress.IPv4Address(wanted) in reserved:
+        raise RuntimeError(f"hostonly_ip {wanted} is handed out by the DHCP server of the host-only network")
+    candidates = [wanted] if wanted else [str(h) for h in network.hosts() if h != host_ip and h not in reserved]
+    address = claim_lease(leases, candidates, owner)
+    if address is None and wanted:
+        raise RuntimeError(f"host-only address {wanted} is already used by {os.path.join(leases, wanted)}")
+    if address is None:
+        raise RuntimeError(f"no free address left in {network}")
+    return address
+
+
+def release_address(cidr: str, address: str | None, owner: str) -> None:
+    release_lease(_lease_dir(parse_hostonly_cidr(cidr)[1]), address, owner)
+
+
+def macs(instance_dir: str) -> tuple[str, str]:
+    """Two stable MACs under VirtualBox's OUI 08:00:27, in VirtualBox's notation (12 hex digits)."""
+    digest = hashlib.sha256(instance_dir.encode()).hexdigest().upper()
+    return "080027" + digest[:6], "080027" + digest[6:12]
+
+
+def colon_mac(mac: str) -> str:
+    return ":".join(mac[i : i + 2] for i in range(0, 12, 2)).lower()
+
+
+def network_config(nat_mac: str, hostonly_mac: str, address: str, cidr: str) -> str:
+    """cloud-init network-config v2: DHCP on the NAT NIC (its default route), the static host-only address."""
+    network = str(parse_hostonly_cidr(cidr)[1])
+    return cloudinit.network_config({
+        "nat": cloudinit.ethernet(colon_mac(nat_mac), dhcp=True),
+        "hostonly": cloudinit.ethernet(colon_mac(hostonly_mac), address=address, cidr=network),
+    })  # fmt: skip
+
+
+# --- shared folders ------------------------------------------------------------------------------------------------
+
+
+def share_folders(machine: Any, mounts: list[dict[str, Any]]) -> None:
+    """The machine's shared folders are exactly ``mounts`` (named mount0…); the guest mounts them itself (fstab)."""
+    for folder in machine.shared_folders:
+        machine.remove_shared_folder(folder.name)
+    for index, mount in enumerate(mounts):
+        machine.create_shared_folder(f"mount{index}", mount["path"], bool(mount["writable"]), False, "")
+
+
+def guest_table(mounts: list[dict[str, Any]]) -> list[str]:
+    """vboxsf (in Linux since 5.6): the host user's files belong to the SSH user, as with docker-machine's /Users."""
+    return [fstab_line(f"mount{index}", mount["path"], "vboxsf",
+                       ["rw" if mount["writable"] else "ro", "uid=1000", "gid=1000"])
+            for index, mount in enumerate(mounts)]  # fmt: skip

@@ -9,13 +9,11 @@ configuration: the environment or ``pulumi config set --secret aws:…``, never 
 
 from __future__ import annotations
 
-import base64
 import os
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pulumi
-import pulumi_aws as aws
 from pydantic import Field, field_validator, model_validator
 
 from components.drivers._cloud import (
@@ -23,12 +21,16 @@ from components.drivers._cloud import (
     AllowedCidrs,
     OpenPorts,
     cloud_host,
-    read_file,
+    ports,
     readable_file,
     split_cidrs,
+    user_data,
 )
-from components.drivers.base import BaseDriver, DriverContext, Host
+from components.drivers.base import BaseDriver, DriverContext, Firewall, Host, IngressRule, VmResource
 from components.sshkeys import OwnKey, login_key
+
+if TYPE_CHECKING:
+    import pulumi_aws as aws
 
 # --- AWS ---------------------------------------------------------------------------------------------------------
 
@@ -211,6 +213,8 @@ def _fail(message: str) -> None:
 def _placement(o: Options, region: str, zone: str) -> tuple[str, str]:
     """(subnet ID, VPC ID) per docker-machine: the given subnet, else the zone's subnet of the given VPC, else the
     default VPC and the zone's default subnet. Looked up synchronously so that a bad value fails early."""
+    import pulumi_aws as aws
+
     if o.subnet_id:
         vpc_id = aws.ec2.get_subnet(id=o.subnet_id, region=region).vpc_id
         if o.vpc_id and vpc_id != o.vpc_id:
@@ -230,6 +234,8 @@ def _placement(o: Options, region: str, zone: str) -> tuple[str, str]:
 
 
 def _existing_key_pair(name: str, public_key: str, region: str) -> str:
+    import pulumi_aws as aws
+
     found = aws.ec2.get_key_pair(key_name=name, include_public_key=True, region=region)
     published = (found.public_key or "").split()[:2]
     if published and published != public_key.split()[:2]:
@@ -239,6 +245,8 @@ def _existing_key_pair(name: str, public_key: str, region: str) -> str:
 
 def _ami(o: Options, region: str) -> str:
     """The image: the given AMI, else Canonical's newest Ubuntu LTS at creation (later releases do not replace it)."""
+    import pulumi_aws as aws
+
     if o.ami:
         return o.ami
     arch = o.architecture or architecture_of(o.instance_type)
@@ -257,6 +265,8 @@ def _ami(o: Options, region: str) -> str:
 
 def _key_name(ctx: DriverContext, public_key: str, region: str, tags: dict[str, str]) -> pulumi.Input[str]:
     """SSH: an existing key pair (validated to come with the user's own key), else the login key imported."""
+    import pulumi_aws as aws
+
     o: Options = ctx.options
     if o.key_pair_name:
         return _existing_key_pair(o.key_pair_name, public_key, region)
@@ -264,6 +274,8 @@ def _key_name(ctx: DriverContext, public_key: str, region: str, tags: dict[str, 
 
 
 def _security_groups(ctx: DriverContext, vpc_id: str, region: str, tags: dict[str, str]) -> list[pulumi.Input[str]]:
+    import pulumi_aws as aws
+
     o: Options = ctx.options
     groups: list[pulumi.Input[str]] = []
     if o.create_security_group:
@@ -290,19 +302,10 @@ def _market(o: Options) -> dict[str, Any] | None:
     return {"market_type": "spot", "spot_options": spot_options}
 
 
-def _user_data(o: Options) -> dict[str, str]:
-    """``user_data`` as text, or ``user_data_base64`` for a binary file (e.g. gzip-compressed cloud-config)."""
-    if not o.user_data_file:
-        return {}
-    raw = read_file(o.user_data_file)
-    try:
-        return {"user_data": raw.decode()}
-    except UnicodeDecodeError:
-        return {"user_data_base64": base64.b64encode(raw).decode()}
-
-
 def _instance(ctx: DriverContext, placement: tuple[str, str], key_name: pulumi.Input[str], region: str,
               tags: dict[str, str]) -> aws.ec2.Instance:  # fmt: skip
+    import pulumi_aws as aws
+
     o: Options = ctx.options
     subnet_id, vpc_id = placement
     return aws.ec2.Instance(
@@ -334,11 +337,28 @@ def _instance(ctx: DriverContext, placement: tuple[str, str], key_name: pulumi.I
                 custom_timeouts=pulumi.CustomTimeouts(create="20m"),
             ),
         ),
-        **_user_data(o),
+        user_data=user_data(ctx, o.user_data_file),
     )
 
 
-class AwsDriver(BaseDriver, name="aws", options=Options, plugin_package="pulumi_aws"):
+def firewall_rules(inputs: Any) -> list[IngressRule]:
+    """A security group's ``ingress`` (protocol -1 or "all": every protocol and port)."""
+    rules = []
+    for rule in inputs.get("ingress") or []:
+        protocol = str(rule.get("protocol", "")).lower()
+        every = protocol in ("-1", "all")
+        span = None if every else ports(f"{rule.get('fromPort')}-{rule.get('toPort', rule.get('fromPort'))}")
+        sources = (*(rule.get("cidrBlocks") or []), *(rule.get("ipv6CidrBlocks") or []))
+        rules.append(IngressRule("*" if every else {"6": "tcp", "17": "udp"}.get(protocol, protocol), span, sources))
+    return rules
+
+
+class AwsDriver(
+    BaseDriver, name="aws", options=Options, plugin_package="pulumi_aws",
+    vm=VmResource("aws:ec2/instance:Instance", identity_output="arn", size_path=("instanceType",),
+                  size_option="instance_type"),
+    firewall=Firewall("aws:ec2/securityGroup:SecurityGroup", firewall_rules),
+):  # fmt: skip
     def create_host(self, ctx: DriverContext) -> Host:
         o: Options = ctx.options
         region = o.region or default_region()

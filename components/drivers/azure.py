@@ -16,7 +16,6 @@ import re
 from typing import Annotated, Any, Literal
 
 import pulumi
-import pulumi_azure_native as azure
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from components.drivers._cloud import (
@@ -24,10 +23,11 @@ from components.drivers._cloud import (
     cidr,
     cloud_host,
     parse_open_ports,
-    read_file,
+    ports,
     readable_file,
+    user_data,
 )
-from components.drivers.base import BaseDriver, DriverContext, Host
+from components.drivers.base import BaseDriver, DriverContext, Firewall, Host, IngressRule, VmResource
 from components.sshkeys import OwnKey, login_key
 
 # --- Azure -------------------------------------------------------------------------------------------------------
@@ -200,6 +200,8 @@ def security_rules(options: Options, engine_port: int) -> list[dict[str, Any]]:
 
 
 def _resource_group(ctx: DriverContext, tags: dict[str, str] | None) -> pulumi.Input[str]:
+    import pulumi_azure_native as azure
+
     o: Options = ctx.options
     if o.resource_group:
         return o.resource_group
@@ -207,6 +209,8 @@ def _resource_group(ctx: DriverContext, tags: dict[str, str] | None) -> pulumi.I
 
 
 def _subnet_id(ctx: DriverContext, group: pulumi.Input[str], tags: dict[str, str] | None) -> pulumi.Input[str]:
+    import pulumi_azure_native as azure
+
     o: Options = ctx.options
     if o.vnet:
         vnet_group, _, vnet_name = o.vnet.rpartition(":")
@@ -227,6 +231,8 @@ def _subnet_id(ctx: DriverContext, group: pulumi.Input[str], tags: dict[str, str
 
 
 def _firewall(ctx: DriverContext, group: pulumi.Input[str], tags: dict[str, str] | None):
+    import pulumi_azure_native as azure
+
     o: Options = ctx.options
     return azure.network.NetworkSecurityGroup(
         f"{ctx.name}-firewall",
@@ -239,6 +245,8 @@ def _firewall(ctx: DriverContext, group: pulumi.Input[str], tags: dict[str, str]
 
 
 def _public_ip(ctx: DriverContext, group: pulumi.Input[str], tags: dict[str, str] | None):
+    import pulumi_azure_native as azure
+
     o: Options = ctx.options
     if o.no_public_ip:
         return None
@@ -257,6 +265,8 @@ def _public_ip(ctx: DriverContext, group: pulumi.Input[str], tags: dict[str, str
 
 def _nic(ctx: DriverContext, group: pulumi.Input[str], subnet_id: pulumi.Input[str], firewall: Any, public_ip: Any,
          tags: dict[str, str] | None):  # fmt: skip
+    import pulumi_azure_native as azure
+
     o: Options = ctx.options
     ip_configuration: dict[str, Any] = {
         "name": "ipconfig",
@@ -292,12 +302,14 @@ def _os_profile(ctx: DriverContext, public_key: str) -> dict[str, Any]:
             },
         },
     }
-    if o.custom_data_file:
-        profile["custom_data"] = base64.b64encode(read_file(o.custom_data_file)).decode()
+    encoded = user_data(ctx, o.custom_data_file).apply(lambda text: base64.b64encode(text.encode()).decode())
+    profile["custom_data"] = encoded
     return profile
 
 
 def _vm(ctx: DriverContext, group: pulumi.Input[str], nic: Any, public_key: str, tags: dict[str, str] | None):
+    import pulumi_azure_native as azure
+
     o: Options = ctx.options
     publisher, offer, sku, version = o.image.split(":")
     os_disk: dict[str, Any] = {
@@ -326,7 +338,26 @@ def _vm(ctx: DriverContext, group: pulumi.Input[str], nic: Any, public_key: str,
     )
 
 
-class AzureDriver(BaseDriver, name="azure", options=Options, plugin_package="pulumi_azure_native"):
+def firewall_rules(inputs: Any) -> list[IngressRule]:
+    """A network security group's allowed inbound ``securityRules``."""
+    rules = []
+    for rule in inputs.get("securityRules") or []:
+        direction, access = (str(rule.get(k, "")).lower() for k in ("direction", "access"))
+        if (direction or "inbound", access or "allow") != ("inbound", "allow"):
+            continue
+        protocol = str(rule.get("protocol", "*")).lower()
+        sources = tuple(s for s in (rule.get("sourceAddressPrefix"), *(rule.get("sourceAddressPrefixes") or [])) if s)
+        spans = [rule.get("destinationPortRange"), *(rule.get("destinationPortRanges") or [])]
+        rules += [IngressRule(protocol, ports(span), sources) for span in spans if span is not None]
+    return rules
+
+
+class AzureDriver(
+    BaseDriver, name="azure", options=Options, plugin_package="pulumi_azure_native",
+    vm=VmResource("azure-native:compute:VirtualMachine", identity_output="vmId",
+                  size_path=("hardwareProfile", "vmSize"), size_option="size"),
+    firewall=Firewall("azure-native:network:NetworkSecurityGroup", firewall_rules),
+):  # fmt: skip
     def create_host(self, ctx: DriverContext) -> Host:
         o: Options = ctx.options
         tags = o.tags or None

@@ -12,7 +12,6 @@ import re
 from typing import Any
 
 import pulumi
-import pulumi_digitalocean as do
 from pydantic import Field, field_validator, model_validator
 
 from components.drivers._cloud import (
@@ -21,10 +20,12 @@ from components.drivers._cloud import (
     OpenPorts,
     cloud_host,
     md5_fingerprint,
+    ports,
     read_file,
     readable_file,
+    user_data,
 )
-from components.drivers.base import BaseDriver, DriverContext, Host
+from components.drivers.base import BaseDriver, DriverContext, Firewall, Host, IngressRule, VmResource
 from components.sshkeys import OwnKey, login_key, own_private_key
 
 # --- DigitalOcean ------------------------------------------------------------------------------------------------
@@ -122,8 +123,23 @@ def inbound_rules(options: Options, engine_port: int) -> list[dict[str, Any]]:
     return rules
 
 
-class DigitalOceanDriver(BaseDriver, name="digitalocean", options=Options, plugin_package="pulumi_digitalocean"):
+def firewall_rules(inputs: Any) -> list[IngressRule]:
+    """A cloud firewall's ``inboundRules``."""
+    return [
+        IngressRule(str(rule.get("protocol", "")).lower(), ports(rule.get("portRange")),
+                    tuple(rule.get("sourceAddresses") or []))
+        for rule in inputs.get("inboundRules") or []
+    ]  # fmt: skip
+
+
+class DigitalOceanDriver(
+    BaseDriver, name="digitalocean", options=Options, plugin_package="pulumi_digitalocean",
+    vm=VmResource("digitalocean:index/droplet:Droplet", identity_output="urn", size_path=("size",), size_option="size"),
+    firewall=Firewall("digitalocean:index/firewall:Firewall", firewall_rules),
+):  # fmt: skip
     def create_host(self, ctx: DriverContext) -> Host:
+        import pulumi_digitalocean as do
+
         o: Options = ctx.options
         name, machine, opts = ctx.name, ctx.machine, ctx.opts
 
@@ -132,10 +148,6 @@ class DigitalOceanDriver(BaseDriver, name="digitalocean", options=Options, plugi
             fingerprint: pulumi.Input[str] = o.ssh_key_fingerprint
         else:
             fingerprint = do.SshKey(f"{name}-key", name=machine.name, public_key=public_key, opts=opts).fingerprint
-
-        user_data = None
-        if o.user_data_file:
-            user_data = read_file(o.user_data_file).decode()
 
         droplet = do.Droplet(
             f"{name}-droplet",
@@ -150,7 +162,7 @@ class DigitalOceanDriver(BaseDriver, name="digitalocean", options=Options, plugi
             backups=o.backups,
             monitoring=o.monitoring,
             tags=o.tags or None,
-            user_data=user_data,
+            user_data=user_data(ctx, o.user_data_file),
             opts=pulumi.ResourceOptions.merge(
                 opts, pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create="20m"))
             ),

@@ -16,7 +16,6 @@ fails the program before any resource exists, with one message saying what to in
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import os
 import secrets
@@ -27,21 +26,14 @@ from typing import Any, Literal
 
 import pulumi
 from pulumi.dynamic import CreateResult, ReadResult, UpdateResult
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from components import outputs, seed
-from components.drivers._local import (
-    LocalVm,
-    LocalVmProvider,
-    boot_token,
-    claim_lease,
-    download,
-    free_port,
-    release_lease,
-    settle,
-    state_root,
-    vm_host,
-)  # fmt: skip
+from components import cloudinit, outputs
+from components.drivers._local import images
+from components.drivers._local.paths import free_port
+from components.drivers._local.process import settle
+from components.drivers._local.shares import Mounts, mounts_field
+from components.drivers._local.vm import LocalVm, LocalVmProvider, boot_token, vm_host
 from components.drivers._vbox import (
     DEFAULT_HOSTONLY_CIDR,
     HOSTONLY_ALLOWED,
@@ -55,30 +47,41 @@ from components.drivers._vbox import (
     ensure_hostonly,
     extract_ova_disk,
     find,
+    guest_table,
     hostonly_conflict,
     is_online,
     launch,
+    lease_address,
     locked,
+    macs,
+    network_config,
     parse_hostonly_cidr,
+    release_address,
+    share_folders,
     state_name,
     wait,
 )  # fmt: skip
-from components.drivers.base import BaseDriver, DriverContext, Host
+from components.drivers.base import GUEST_SSH_PORT, BaseDriver, DriverContext, Host, VmResource
 from components.model import ConfigError, MachineConfig, StrictModel
 
 DEFAULT_IMAGE = "https://cloud-images.ubuntu.com/releases/noble/release/ubuntu-24.04-server-cloudimg-amd64.vmdk"
 IMAGE_SUFFIXES = (".vmdk", ".vdi", ".ova")
-GUEST_SSH_PORT = 22
+VM = outputs.DynamicType("virtualbox", "Vm")
 POWERDOWN_TIMEOUT = 90
 UNLOCK_TIMEOUT = 30
 CONTROLLER = "SATA"
+# VirtualBox's NAT: the host as NIC 1 sees it.
+NAT_GATEWAY = "10.0.2.2"
 NicType = Literal["82540EM", "82543GC", "82545EM", "Am79C970A", "Am79C973", "virtio"]
 
 class Options(StrictModel):
     cpus: int = Field(1, description="docker-machine's default 1; -1 = all host CPUs (at most 32)")
     memory: int = Field(1024, ge=512, description="MiB, docker-machine's default 1024")
     disk: int = Field(20000, ge=4096, description="MiB, docker-machine's default 20000")
-    image: str = Field(DEFAULT_IMAGE, description="path or http(s) URL of a .vmdk, .vdi or .ova cloud image")
+    image: str = Field(DEFAULT_IMAGE, description="path or https URL of a .vmdk, .vdi or .ova cloud image")
+    image_sha256: str | None = Field(
+        None, description="an image URL's sha256, or 'published' (SHA256SUMS beside it, the default image's way)"
+    )
     os_type: str = Field("Ubuntu_64", pattern=r"^[A-Za-z0-9_]+$", description="VirtualBox guest OS type id")
     ssh_user: str = Field("docker", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     allow_any_hostonly_cidr: bool = Field(
@@ -89,6 +92,7 @@ class Options(StrictModel):
     hostonly_nictype: NicType = "82540EM"
     nat_nictype: NicType = "82540EM"
     ui_type: Literal["headless", "gui", "sdl", "separate"] = "headless"
+    mounts: Mounts = mounts_field()
 
     @field_validator("cpus")
     @classmethod
@@ -100,8 +104,10 @@ class Options(StrictModel):
     @field_validator("image")
     @classmethod
     def _image(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://", "/", "./", "~")):
-            raise ValueError("must be an absolute path or an http(s) URL")
+        if v.startswith(("http://", "https://")):
+            images.check_url(v)
+        elif not v.startswith(("/", "./", "~")):
+            raise ValueError("must be an absolute path or an https URL")
         path = v.split("?", 1)[0].split("#", 1)[0]
         if not path.lower().endswith(IMAGE_SUFFIXES):
             raise ValueError(f"must name a {', '.join(s[1:].upper() for s in IMAGE_SUFFIXES)} image")
@@ -134,6 +140,18 @@ class Options(StrictModel):
         return v
 
 
+    @model_validator(mode="after")
+    def _image_sha256(self) -> Options:
+        # The default image is checked against the SHA256SUMS its publisher puts beside it.
+        default = self.image == DEFAULT_IMAGE and self.image_sha256 is None
+        images.check_sha256(images.PUBLISHED if default else self.image_sha256, self.image)
+        return self
+
+    @property
+    def image_checksum(self) -> str | None:
+        return images.PUBLISHED if self.image == DEFAULT_IMAGE and self.image_sha256 is None else self.image_sha256
+
+
 def check_host(machines: list[MachineConfig]) -> None:
     """Program-time check (preview and up), before any resource exists: VirtualBox 6.1 and its Python API
     are installed and answer, and each machine's host-only CIDR does not collide with a host interface.
@@ -159,57 +177,16 @@ def _pause(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def local_image(image: str) -> str:
-    """A local VMDK/VDI for ``image``: URLs are downloaded into the cache once, and an OVA's first disk is
-    extracted into the cache once."""
-    path = download(image) if image.startswith(("http://", "https://")) else os.path.abspath(os.path.expanduser(image))
+def local_image(image: str, sha256: str | None) -> str:
+    """A local VMDK/VDI for ``image``: URLs are fetched into the cache once (checked against ``sha256``), and an
+    OVA's first disk is extracted into the cache once."""
+    remote = image.startswith(("http://", "https://"))
+    path = images.fetch(image, sha256) if remote else os.path.abspath(os.path.expanduser(image))
     if not os.path.isfile(path):
         raise RuntimeError(f"image {path} does not exist")
     if path.lower().endswith(".ova"):
         path = extract_ova_disk(path)
     return path
-
-
-def _lease_dir(network: ipaddress.IPv4Network) -> str:
-    return os.path.join(state_root(), "virtualbox", "hostonly", str(network).replace("/", "_"))
-
-
-def lease_address(cidr: str, owner: str, wanted: str | None, reserved: set[ipaddress.IPv4Address]) -> str:
-    """Reserve a host-only address for ``owner`` (shared by every stack on this host)."""
-    host_ip, network = parse_hostonly_cidr(cidr)
-    leases = _lease_dir(network)
-    if wanted and ipaddress.IPv4Address(wanted) in reserved:
-        raise RuntimeError(f"hostonly_ip {wanted} is handed out by the DHCP server of the host-only network")
-    candidates = [wanted] if wanted else [str(h) for h in network.hosts() if h != host_ip and h not in reserved]
-    address = claim_lease(leases, candidates, owner)
-    if address is None and wanted:
-        raise RuntimeError(f"host-only address {wanted} is already used by {os.path.join(leases, wanted)}")
-    if address is None:
-        raise RuntimeError(f"no free address left in {network}")
-    return address
-
-
-def release_address(cidr: str, address: str | None, owner: str) -> None:
-    release_lease(_lease_dir(parse_hostonly_cidr(cidr)[1]), address, owner)
-
-
-def macs(instance_dir: str) -> tuple[str, str]:
-    """Two stable MACs under VirtualBox's OUI 08:00:27, in VirtualBox's notation (12 hex digits)."""
-    digest = hashlib.sha256(instance_dir.encode()).hexdigest().upper()
-    return "080027" + digest[:6], "080027" + digest[6:12]
-
-
-def colon_mac(mac: str) -> str:
-    return ":".join(mac[i : i + 2] for i in range(0, 12, 2)).lower()
-
-
-def network_config(nat_mac: str, hostonly_mac: str, address: str, cidr: str) -> str:
-    """cloud-init network-config v2: DHCP on the NAT NIC (its default route), the static host-only address."""
-    network = str(parse_hostonly_cidr(cidr)[1])
-    return seed.network_config({
-        "nat": seed.ethernet(colon_mac(nat_mac), dhcp=True),
-        "hostonly": seed.ethernet(colon_mac(hostonly_mac), address=address, cidr=network),
-    })  # fmt: skip
 
 
 # --- the VM -------------------------------------------------------------------------------------------
@@ -296,6 +273,7 @@ def _define_machine(vbox: Any, lib: Any, props: dict[str, Any], iface: str, nat_
     hostonly.host_only_interface = iface
     hostonly.adapter_type = _nic_type(props["hostonly_nictype"])
     hostonly.mac_address = hostonly_mac
+    share_folders(machine, props.get("mounts") or [])
     return machine
 
 
@@ -305,12 +283,10 @@ def create_vm(props: dict[str, Any]) -> dict[str, Any]:
     check_version(vbox.version, vbox.api_version)
     name, d = props["name"], props["instance_dir"]
     remove_leftover(vb, vbox, name, d)
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d, mode=0o700)
     outs: dict[str, Any] = {**props}
     disk = dvd = None
     try:
-        image = local_image(props["image"])
+        image = local_image(props["image"], props.get("image_sha256"))
         iface = ensure_hostonly(vbox, props["hostonly_cidr"])
         address = lease_address(props["hostonly_cidr"], d, props.get("hostonly_ip"), dhcp_reserved(vbox, iface))
         nat_mac, hostonly_mac = macs(d)
@@ -320,12 +296,13 @@ def create_vm(props: dict[str, Any]) -> dict[str, Any]:
             nat_mac=nat_mac, hostonly_mac=hostonly_mac, image_resolved=image,
         )
         files = {
-            "user-data": seed.user_data(name, props["ssh_user"], props["authorized_key"]),
-            "meta-data": seed.meta_data(f"{name}-{secrets.token_hex(4)}", name),
+            "user-data": cloudinit.user_data(name, props["ssh_user"], props["authorized_key"],
+                                             (props["host_key"], props["host_key_public"])),
+            "meta-data": cloudinit.meta_data(f"{name}-{secrets.token_hex(4)}", name),
             "network-config": network_config(nat_mac, hostonly_mac, address, props["hostonly_cidr"]),
         }
-        with open(os.path.join(d, "seed.iso"), "wb") as f:
-            f.write(seed.build_iso(files))
+        with open(os.open(os.path.join(d, "seed.iso"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(cloudinit.build_iso(files))
         disk = clone_disk(vbox, image, os.path.join(d, "disk.vdi"), props["disk"])
 
         machine = _define_machine(vbox, lib, props, iface, nat_mac, hostonly_mac, ssh_port)
@@ -392,6 +369,7 @@ def update_vm(vm_id: str, olds: dict[str, Any], news: dict[str, Any], restart_on
                 mutable.discard_saved_state(True)  # a saved state cannot survive a hardware change
             mutable.memory_size = int(news["memory"])
             mutable.cpu_count = int(news["cpus"])
+            share_folders(mutable, news.get("mounts") or [])
             mutable.save_settings()
     state = state_name(machine.state)
     if news.get("power", "running") == "stopped":
@@ -409,17 +387,26 @@ def update_vm(vm_id: str, olds: dict[str, Any], news: dict[str, Any], restart_on
 
 
 class VmProvider(LocalVmProvider):
-    # Inputs whose change needs a new VM; cpus/memory/ui_type only a power cycle.
+    # Inputs whose change needs a new VM; cpus/memory/ui_type/mounts only a power cycle.
     REPLACE_ON = (
-        "name", "instance_dir", "image", "os_type", "disk", "ssh_user", "authorized_key", "hostonly_cidr",
-        "hostonly_ip", "nat_nictype", "hostonly_nictype",
+        "name", "instance_dir", "image", "image_sha256", "os_type", "disk", "ssh_user", "authorized_key", "host_key",
+        "hostonly_cidr", "hostonly_ip", "nat_nictype", "hostonly_nictype",
     )  # fmt: skip
-    RESTART_ON = outputs.POWER_CYCLE_INPUTS[outputs.VIRTUALBOX_VM.token]
+    RESTART_ON = ("cpus", "memory", "ui_type", "mounts")
 
     def power_matches(self, olds: dict[str, Any], power: str) -> bool:
         return power_matches(olds.get("state"), power)
 
+    def disk(self, props: dict[str, Any]) -> str:
+        return os.path.join(props["instance_dir"], "disk.vdi")
+
+    def lost(self, olds: dict[str, Any]) -> bool:
+        # VirtualBox keeps the machine registered: a missing disk file shows as an inaccessible VM, not here.
+        return False
+
     def create(self, props: dict[str, Any]) -> CreateResult:
+        # A directory left by an interrupted create of ours holds no registered VM any more (remove_leftover).
+        self.claim_new(props, lambda leftover: self.remove_instance_dir(leftover["instance_dir"]))
         outs = create_vm(props)
         return CreateResult(outs["vm_id"], {**outs, "boot": boot_token()})
 
@@ -431,20 +418,29 @@ class VmProvider(LocalVmProvider):
         return ReadResult(id_, {**props, "state": state_name(machine.state)})
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        if not self.keep_ours(olds, news):
+            raise self.refuse_change(olds)
         return UpdateResult(update_vm(id_, olds, news, self.RESTART_ON))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        delete_vm(id_, props)
+        if self.keep_ours(props):
+            delete_vm(id_, props)
+        else:
+            self.leave_alone(props)
 
 
-class Vm(LocalVm, module=outputs.VIRTUALBOX_VM.module, name=outputs.VIRTUALBOX_VM.name):
+class Vm(LocalVm, module=VM.module, name=VM.name):
     OUTPUTS = (*LocalVm.OUTPUTS, "vm_id", "hostonly_interface")
+    SECRET_OUTPUTS = ("host_key",)
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         super().__init__(VmProvider(), name, props, opts)
 
 
-class VirtualBoxDriver(BaseDriver, name="virtualbox", options=Options, supports_power=True):
+class VirtualBoxDriver(
+    BaseDriver, name="virtualbox", options=Options, supports_power=True,
+    vm=VmResource(VM.token, replace_inputs=VmProvider.REPLACE_ON, power_cycle_inputs=VmProvider.RESTART_ON),
+):  # fmt: skip
     def check_host(self, machines: Sequence[MachineConfig]) -> None:
         check_host(list(machines))
 
@@ -457,18 +453,23 @@ class VirtualBoxDriver(BaseDriver, name="virtualbox", options=Options, supports_
             {
                 "name": ctx.machine.name,
                 "instance_dir": instance_dir,
+                "owner": ctx.owner.as_dict(),
                 "image": options.image,
+                "image_sha256": options.image_checksum,
                 "os_type": options.os_type,
                 "cpus": cpus,
                 "memory": options.memory,
                 "disk": options.disk,
                 "ssh_user": options.ssh_user,
                 "authorized_key": ctx.ssh_key.public_key,
+                "host_key": pulumi.Output.secret(ctx.host_key.private_key),
+                "host_key_public": ctx.host_key.public_key,
                 "hostonly_cidr": options.hostonly_cidr,
                 "hostonly_ip": options.hostonly_ip,
                 "nat_nictype": options.nat_nictype,
                 "hostonly_nictype": options.hostonly_nictype,
                 "ui_type": options.ui_type,
+                "mounts": [mount.model_dump() for mount in options.mounts],
                 "power": ctx.machine.state,
             },
             opts=pulumi.ResourceOptions.merge(
@@ -476,8 +477,19 @@ class VirtualBoxDriver(BaseDriver, name="virtualbox", options=Options, supports_
             ),
         )
         # The host-only address is also where the stack's other VirtualBox machines reach it.
-        return vm_host(vm, ctx, options.ssh_user, ctx.machine.engine.port, details={"instanceDir": instance_dir},
-                       private_address=vm.ip)  # fmt: skip
+        mounts = [mount.model_dump() for mount in options.mounts]
+        return vm_host(vm, ctx, options.ssh_user, ctx.machine.engine.port, private_address=vm.ip,
+                       details={"instanceDir": instance_dir, "mounts": mounts}, mounts=guest_table(mounts),
+                       host_address=NAT_GATEWAY)  # fmt: skip
+
+    def kill(self, name: str, details: Any) -> bool | None:
+        """VirtualBox's power off (the VM is not asked)."""
+        vb, vbox = connect()
+        machine = find(vbox, name)
+        if machine is None or not is_online(machine.state):
+            return False
+        power_off(vb, machine)
+        return True
 
 
 DRIVER = VirtualBoxDriver()

@@ -1,12 +1,9 @@
-"""docker-machine's everyday commands over this project's Pulumi stacks (``scripts/machine``).
+"""docker-machine's everyday commands over this project's Pulumi stacks (``scripts/machine``; docs/cli.md).
 
-Modules:
-
-* ``gotext`` — the bits of Go's text/template, text/tabwriter and fmt that docker-machine's output is made of;
-* ``formats`` — exact output formats (``env``, ``config``, ``ls``, ``inspect``), pure functions;
-* ``stacks`` — machines from stack outputs, stack config edits and targeted ``pulumi up`` (the only
-  module that runs ``pulumi``);
-* ``probe`` — live state: TLS ``/_ping`` with the client certificate, then the SSH port;
-* ``remote`` — ``ssh``/``scp`` command lines with the stack's key;
-* ``app`` — the typer application.
+The commands: ``cli`` (the typer app, ``--stack``, one-line errors), ``app`` (commands on machines), ``stackcmds``
+(``up``, ``preview``, ``unlock``, ``backend``). What they use: ``workspace`` (every Pulumi operation, through the
+Automation API), ``machines`` (machines from stack outputs, config edits), ``probe`` (live state), ``power``,
+``lifecycle`` (create, rm), ``maintenance`` (provision, certificates, upgrade), ``sshclient`` (ssh, scp, rsync and
+sshfs with the pinned host key), ``changes`` and ``preview`` (what an ``up`` would do), ``team`` (a shared backend),
+``formats`` and ``gotext`` (docker-machine's output formats and Go's templates), ``ui``, ``errors``.
 """

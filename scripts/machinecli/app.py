@@ -1,81 +1,32 @@
-"""The ``scripts/machine`` commands (docs/cli.md): thin typer commands over the logic modules."""
+"""The ``scripts/machine`` commands on machines (docs/cli.md): thin typer commands over the logic modules. The
+stack-wide ones are in ``stackcmds``, the frame they share in ``cli``."""
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
-from . import formats, lifecycle, power, probe, provision, remote, review, team, ui, workspace
+from components import drivers, ownership
+from components.model import DEFAULT_DRIVER, MACHINE_NAME_RE
+
+from . import (
+    formats,
+    lifecycle,
+    maintenance,
+    power,
+    probe,
+    sshclient,
+    ui,
+    workspace,
+)
+from .cli import Name, Names, StackOpt, Timeout, app, command, one, registry
 from .errors import MachineError
-from .formats import FilterError, LsItem
-from .gotext import TemplateError
-from .machines import Registry
+from .formats import LsItem
 
 VERSION = "0.1.0"
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    help="docker-machine's commands over this project's Pulumi stacks (machines come from stack outputs).",
-)
-GLOBAL: dict[str, Any] = {"stack": None}
-
-
-@app.callback()
-def main_options(
-    stack: Annotated[
-        str | None,
-        typer.Option("--stack", "-s", envvar="MACHINE_STACK", help="Only use machines of this stack (all commands)."),
-    ] = None,
-) -> None:
-    GLOBAL["stack"] = stack
-
-
-StackOpt = Annotated[str | None, typer.Option("--stack", "-s", help="Only look in this stack.")]
-Names = Annotated[list[str] | None, typer.Argument(help="Machine names (none: the machine named default).")]
-Name = Annotated[str | None, typer.Argument(help="Machine name (none: the machine named default).", show_default=False)]
-Timeout = Annotated[int, typer.Option("--timeout", "-t", help="Seconds to wait for each host.")]
-
-
-def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any) -> Callable[..., Callable[..., None]]:
-    """A command (of ``app``, or of a ``group`` of commands) whose user errors become one ``Error: …`` line on
-    stderr and exit status 1."""
-
-    def decorate(body: Callable[..., int | None]) -> Callable[..., None]:
-        @functools.wraps(body)
-        def run(*a: Any, **kw: Any) -> None:
-            try:
-                code = body(*a, **kw)
-            except (MachineError, FilterError, TemplateError) as err:
-                message = str(err).rstrip("\n")
-                ui.err(message if message.startswith("Error") else f"Error: {message}")
-                raise typer.Exit(1) from None
-            except KeyboardInterrupt:
-                ui.err("")
-                raise typer.Exit(130) from None
-            if code:
-                raise typer.Exit(code)
-
-        return (group or app).command(*args, **kwargs)(run)
-
-    return decorate
-
-
-def registry(stack: str | None) -> Registry:
-    return Registry(stack or GLOBAL["stack"])
-
-
-def one(stack: str | None, name: str | None):
-    (machine,) = registry(stack).resolve([name] if name else None)
-    return machine
 
 
 # --- ls, status, active -----------------------------------------------------------------------------------------
@@ -250,8 +201,9 @@ def ssh(
     machine = one(stack, name)
     if probe.ssh_reachable(machine) != "open":
         raise MachineError(f'Cannot run SSH command: Host "{machine.name}" is not running')
-    with remote.key_files([machine]) as keys:
-        return remote.run_attached(remote.ssh_argv(machine, keys[f"{machine.stack}/{machine.name}"], command or []))
+    with sshclient.key_files([machine]) as keys:
+        argv = sshclient.ssh_argv(machine, keys[f"{machine.stack}/{machine.name}"], command or [])
+        return sshclient.run_attached(argv)
 
 
 @command()
@@ -260,21 +212,53 @@ def scp(
     target: Annotated[str, typer.Argument(help="[[user@]machine:]path")] = ...,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Copy directories recursively.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress meter.")] = False,
+    delta: Annotated[bool, typer.Option("--delta", "-d", help="Send only what changed (rsync over SSH).")] = False,
     stack: StackOpt = None,
 ) -> int:
-    """Copy files between this host and a machine: scp [-r] [[machine:]path] [[machine:]path]."""
-    src, dst = remote.parse_scp_arg(source), remote.parse_scp_arg(target)
+    """Copy files between this host and a machine: scp [-r] [-d] [[machine:]path] [[machine:]path]."""
+    src, dst = sshclient.parse_scp_arg(source), sshclient.parse_scp_arg(target)
     names = {p.machine for p in (src, dst) if p.machine}
     if len(names) > 1:
         raise MachineError("copying between two machines is not supported: copy through a local path")
     if not names:
-        return remote.run_attached(["cp", *(["-r"] if recursive else []), src.path, dst.path])
-    (machine,) = registry(stack).resolve(list(names))
+        return sshclient.run_attached(["cp", *(["-r"] if recursive else []), src.path, dst.path])
+    machine = _running(stack, names.pop())
+    with sshclient.key_files([machine]) as keys:
+        key = keys[f"{machine.stack}/{machine.name}"]
+        argv = (sshclient.rsync_argv if delta else sshclient.scp_argv)(src, dst, machine, key, recursive, quiet)
+        return sshclient.run_attached(argv)
+
+
+def _running(stack: str | None, name: str):
+    (machine,) = registry(stack).resolve([name])
     if probe.ssh_reachable(machine) != "open":
         raise MachineError(f'Cannot run SSH command: Host "{machine.name}" is not running')
-    with remote.key_files([machine]) as keys:
-        key = keys[f"{machine.stack}/{machine.name}"]
-        return remote.run_attached(remote.scp_argv(src, dst, machine, key, recursive, quiet))
+    return machine
+
+
+@command()
+def mount(
+    source: Annotated[str, typer.Argument(help="machine:path, the machine's folder")],
+    mountpoint: Annotated[
+        str | None, typer.Argument(help="Where on this host (default: the folder's name, in the current directory).")
+    ] = None,
+    unmount: Annotated[bool, typer.Option("--unmount", "-u", help="Unmount it.")] = False,
+    stack: StackOpt = None,
+) -> int:
+    """Mount a machine's folder on this host with sshfs, or unmount it (-u): mount [-u] machine:path [mountpoint]."""
+    remote = sshclient.parse_scp_arg(source)
+    if remote.machine is None or not remote.path:
+        raise MachineError(f"{source!r}: name the machine's folder as machine:path, e.g. default:/etc")
+    # docker-machine defaulted to the remote path itself, which here would cover this host's own /etc.
+    local = os.path.abspath(mountpoint or os.path.basename(remote.path.rstrip("/")) or remote.machine)
+    if unmount:
+        return sshclient.run_attached(sshclient.unmount_argv(local))
+    machine = _running(stack, remote.machine)
+    os.makedirs(local, exist_ok=True)
+    with sshclient.key_files([machine]) as keys:
+        return sshclient.run_attached(
+            sshclient.sshfs_argv(machine, keys[f"{machine.stack}/{machine.name}"], remote.path, local)
+        )
 
 
 # --- create, rm -------------------------------------------------------------------------------------------------
@@ -286,45 +270,18 @@ def create(
     name: Annotated[str, typer.Argument(help="The machine's name.")],
     driver: Annotated[
         str, typer.Option("--driver", "-d", envvar="MACHINE_DRIVER", help="Driver to create it with.")
-    ] = "qemu",
-    engine_install: Annotated[str | None, typer.Option("--engine-install", help="script | packages | none.")] = None,
-    engine_install_url: Annotated[
-        str | None,
-        typer.Option("--engine-install-url", envvar="MACHINE_DOCKER_INSTALL_URL", help="Install script URL."),
-    ] = None,
-    engine_opt: Annotated[
-        list[str] | None, typer.Option("--engine-opt", help="flag=value for dockerd (repeatable).")
-    ] = None,
-    engine_insecure_registry: Annotated[list[str] | None, typer.Option("--engine-insecure-registry")] = None,
-    engine_registry_mirror: Annotated[list[str] | None, typer.Option("--engine-registry-mirror")] = None,
-    engine_label: Annotated[list[str] | None, typer.Option("--engine-label", help="k=v (repeatable).")] = None,
-    engine_storage_driver: Annotated[str | None, typer.Option("--engine-storage-driver")] = None,
-    engine_env: Annotated[
-        list[str] | None, typer.Option("--engine-env", help="K=V in the daemon's environment.")
-    ] = None,
-    engine_port: Annotated[int | None, typer.Option("--engine-port")] = None,
+    ] = DEFAULT_DRIVER,
     tls_san: Annotated[
         list[str] | None, typer.Option("--tls-san", help="Extra server-certificate SANs (repeatable).")
     ] = None,
     stack: StackOpt = None,
 ) -> None:
-    """Add a machine to a stack's config and `up` it (targeted). Driver flags: --<driver>-<option> VALUE."""
-    engine = {
-        key: value
-        for key, value in (
-            ("install", engine_install), ("install_url", engine_install_url), ("port", engine_port),
-            ("storage_driver", engine_storage_driver), ("opts", engine_opt), ("labels", engine_label),
-            ("insecure_registries", engine_insecure_registry), ("registry_mirrors", engine_registry_mirror),
-            ("env", engine_env),
-        )
-        if value
-    }  # fmt: skip
+    """Add a machine to a stack's config and `up` it (targeted). Driver flags: --<driver>-<option> VALUE; engine
+    flags: --engine-<option> VALUE (--engine-label, --engine-opt, --engine-insecure-registry, …; repeatable for
+    lists), from the engine options (docs/engine.md)."""
     machine: dict[str, Any] = {"name": name, "driver": driver}
-    options = lifecycle.driver_options(driver, list(ctx.args)) if lifecycle.MACHINE_NAME_RE.match(name) else {}
-    if options:
-        machine["options"] = options
-    if engine:
-        machine["engine"] = engine
+    flags = lifecycle.parse_flags(driver, list(ctx.args)) if MACHINE_NAME_RE.match(name) else {}
+    machine.update({section: values for section, values in flags.items() if values})
     if tls_san:
         machine["tls_san"] = list(tls_san)
     lifecycle.create(registry(stack), name, machine)
@@ -360,7 +317,7 @@ for _verb, _help in (
     ("start", "Start machines (desired state `running` in the stack config, then a targeted `up`)."),
     ("stop", "Stop machines gracefully (desired state `stopped` in the stack config, then a targeted `up`)."),
     ("restart", "Restart machines: stop then start; a host the driver cannot power (generic) is rebooted over SSH."),
-    ("kill", "Stop machines. There is no hard power-off: kill is stop (the driver powers off after a grace period)."),
+    ("kill", "Power machines off at once (QEMU, VirtualBox; others are stopped gracefully)."),
 ):
     _power_command(_verb, _help)
 
@@ -368,13 +325,13 @@ for _verb, _help in (
 @command()
 def upgrade(names: Names = None, stack: StackOpt = None) -> None:
     """Upgrade Docker on machines (apt --only-upgrade of the installed Docker packages) and restart it."""
-    provision.upgrade(registry(stack), names)
+    maintenance.upgrade(registry(stack), names)
 
 
 @command("provision")
 def provision_(names: Names = None, stack: StackOpt = None) -> None:
     """Re-run the provisioning steps of machines (a targeted `up` replacing each step)."""
-    provision.provision(registry(stack), names)
+    maintenance.provision(registry(stack), names)
 
 
 @command("regenerate-certs")
@@ -390,7 +347,7 @@ def regenerate_certs(
     stack: StackOpt = None,
 ) -> None:
     """New server certificates (and with --client-certs a new CA and client certificate); restarts Docker."""
-    provision.regenerate_certs(registry(stack), names, force, client_certs)
+    maintenance.regenerate_certs(registry(stack), names, force, client_certs)
 
 
 @command()
@@ -400,7 +357,7 @@ def context(
     stack: StackOpt = None,
 ) -> None:
     """Create or update a docker context for a machine: docker --context NAME ... (prints the context name)."""
-    from components import dockercontext
+    from components.steps import dockercontext
 
     machine = one(stack, name)
     if not dockercontext.docker_path():
@@ -412,106 +369,29 @@ def context(
             ui.err(f'Removed docker context "{context_name}"' if gone else f'No docker context "{context_name}"')
             return
         machine.write_client_certs()
-        action = dockercontext.upsert(context_name, machine.name, machine.url, machine.cert_path)
-    except dockercontext.DockerContextError as err:
+        action = dockercontext.upsert(context_name, machine.name, machine.url, machine.cert_path, machine.owner)
+    except (dockercontext.DockerContextError, ownership.NotOurs) as err:
         raise MachineError(str(err)) from None
     ui.info(context_name)
     ui.err(f'Docker context "{context_name}" {action} for {machine.url}: docker --context {context_name} ...')
 
 
-@command()
-def up(
-    stack: StackOpt = None,
-    refresh: Annotated[bool, typer.Option("--refresh", help="Refresh the state from the hosts first.")] = False,
+@command("templates")
+def templates_command(
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the templates no machine uses.")] = False,
 ) -> None:
-    """`pulumi up` on a whole stack, with its lock checked and its errors in one line each (`make up`)."""
-    current = _one_stack(stack)
-    review.check_policies(current.name, refresh)
-    workspace.get().up(current.name, None, refresh=refresh, title=f"pulumi up ({current.short})")
+    """The booted templates local machines start from (docs/local-vms.md#templates), and their size."""
+    rows = [(driver.name, row) for driver in drivers.every() for row in driver.templates(clear)]
+    ui.info(f"{'DRIVER':<8} {'TEMPLATE':<30} {'IMAGE':<32} {'CPUS':>4} {'MEMORY':>7} {'DISK':>6} {'SIZE':>8} "
+            f"{'MACHINES':>8}  STATE")  # fmt: skip
+    for name, row in rows:
+        ui.info(f"{name:<8} {row['name']:<30} {row['image']:<32} {row['cpus'] or '':>4} {row['memory'] or '':>7} "
+                f"{row['disk'] or '':>6} {row['size_mib']:>5} MiB {row['machines']:>8}  "
+                f"{'damaged: ' + row['damaged'] if row['damaged'] else 'ok'}")  # fmt: skip
 
 
-@command()
-def preview(
-    stack: StackOpt = None,
-    refresh: Annotated[bool, typer.Option("--refresh", help="Refresh the state from the hosts first (drift).")] = False,
-    expect_no_changes: Annotated[
-        bool, typer.Option("--expect-no-changes", help="Exit 2 when anything would change (drift checks).")
-    ] = False,
-    output: Annotated[str, typer.Option("--format", help="markdown, text or json.")] = "text",
-    policy_config: Annotated[
-        list[str] | None, typer.Option("--policy-config", help="A policy pack config file (pulumi's JSON format).")
-    ] = None,
-    raw: Annotated[
-        str | None, typer.Option("--raw", help="Also save what the report is built from (pulumi's JSON) to a file.")
-    ] = None,
-) -> int:
-    """What `up` would change, machine by machine, with its consequences and the policy pack's results."""
-    return review.run(stack or GLOBAL["stack"], refresh=refresh, expect_no_changes=expect_no_changes,
-                      output=output, policy_configs=policy_config or [], raw=raw)  # fmt: skip
-
-
-backend_app = typer.Typer(help="Team mode: the shared state backend and the team's secrets key (docs/team.md).",
-                          no_args_is_help=True)  # fmt: skip
-app.add_typer(backend_app, name="backend")
-
-
-KeyFile = Annotated[str, typer.Option("--key-file", help="The team's secrets passphrase, in a 0600 file.")]
-
-
-@command("set", group=backend_app)
-def backend_set(
-    url: Annotated[str, typer.Argument(help="e.g. postgres://user:password@host:5432/pulumi?sslmode=require")],
-    key_file: KeyFile,
-) -> None:
-    """Use a shared backend and the team's secrets key from now on (stored for this user)."""
-    team.set_backend(url, key_file)
-
-
-@command("unset", group=backend_app)
-def backend_unset() -> None:
-    """Go back to your own file backend and secrets key."""
-    team.unset_backend()
-
-
-@command("show", group=backend_app)
-def backend_show() -> None:
-    """Print the backend in use (password hidden)."""
-    ui.info(team.shown(workspace.backend_url()))
-
-
-@command("migrate", group=backend_app)
-def backend_migrate(
-    url: Annotated[str, typer.Argument(help="The team's backend.")], key_file: KeyFile, stack: StackOpt = None
-) -> None:
-    """Move a stack, with its running machines, from the backend in use to the team's."""
-    team.migrate(_one_stack(stack).name, url, key_file)
-
-
-def _one_stack(stack: str | None):
-    current = registry(stack).current_stack()
-    if current is None:
-        raise MachineError("several stacks and none selected: choose one with --stack")
-    return current
-
-
-@command()
-def unlock(
-    stack: StackOpt = None,
-    check: Annotated[bool, typer.Option("--check", help="Only report a lock (exit 1 when there is one).")] = False,
-    force: Annotated[
-        bool, typer.Option("--force", help="Also clear a lock that a live run, or another host, holds.")
-    ] = False,
-) -> None:
-    """Clear a stack's lock left by a pulumi run that no longer exists (a killed `up`)."""
-    current = _one_stack(stack)
-    ws = workspace.get()
-    locks = ws.locks(current.name)
-    for lock in locks:
-        if check or not (lock.stale() or force):
-            raise MachineError(workspace.lock_message(current.name, lock))
-    if locks:
-        ws.unlock(current.name)
-        ui.err(f'Cleared the lock of stack "{current.short}" ({locks[0].describe()})')
+# The stack-wide commands come after the machine ones in --help, as in docker-machine's.
+from . import stackcmds  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> None:

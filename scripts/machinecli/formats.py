@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from components.model import EngineOptions, MachineConfig
+
 from .gotext import Template, TemplateError, go_duration, go_json, go_quote, tabwrite
 
 ENV_KEYS = ("DOCKER_TLS_VERIFY", "DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_MACHINE_NAME")
@@ -151,6 +153,8 @@ class LsItem:
     # The swarm's first manager, and this machine's role in it ("" outside a swarm).
     swarm_master: str = ""
     swarm_role: str = ""
+    # Host folders shared into the VM (local drivers): "PATH" or "PATH (read-only)".
+    mounts: tuple[str, ...] = ()
 
     @property
     def swarm(self) -> str:
@@ -181,7 +185,12 @@ class LsItem:
             "SwarmOptions": None,
             "EngineOptions": {"Labels": list(self.labels)},
             "Stack": self.stack,
+            "Mounts": list(self.mounts),
         }
+
+
+def mounts_shown(details: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(m["path"] + ("" if m.get("writable", True) else " (read-only)") for m in details.get("mounts") or [])
 
 
 def natural_key(name: str) -> tuple:
@@ -288,20 +297,36 @@ def matches(item: LsItem, filters: Filters, with_state: bool = True) -> bool:
 # --- inspect -------------------------------------------------------------------------------------------
 
 
+# docker-machine's EngineOptions record, in its order: the keys no engine option sets hold these values.
+_ENGINE_RECORD = {
+    "ArbitraryFlags": None, "Dns": None, "GraphDir": "", "Env": None, "Ipv6": False, "InsecureRegistry": None,
+    "Labels": None, "LogLevel": "", "StorageDriver": None, "SelinuxEnabled": False, "TlsVerify": True,
+    "RegistryMirror": None, "InstallURL": None,
+}  # fmt: skip
+
+
+def engine_record(engine: EngineOptions) -> dict[str, Any]:
+    """docker-machine's EngineOptions of a machine: each engine option under its record key (components/model.py
+    EngineField.record), docker-machine's keys first in its order, the project's own options after them."""
+    values = {f.record: getattr(engine, name) for name, f in type(engine).fields().items() if f.record}
+    record = {key: values.pop(key, constant) for key, constant in _ENGINE_RECORD.items()}
+    return {**record, **values}
+
+
 def host_record(
     name: str,
     stack: str,
     info: dict[str, Any],
-    machine_config: dict[str, Any] | None,
+    machine: MachineConfig | None,
     store_path: str,
 ) -> dict[str, Any]:
-    """The docker-machine host record (its config.json) of a machine, from stack outputs.
+    """The docker-machine host record (its config.json) of a machine, from stack outputs and its configuration.
 
     Keys and their order are docker-machine's so that ``--format '{{.Driver.IPAddress}}'`` works as it
     did; ``Stack`` and ``Outputs`` (the machine's stack output) are ours.
     """
-    config = machine_config or {}
-    engine = config.get("engine") or {}
+    engine = machine.engine if machine is not None else EngineOptions()
+    options = machine.options.model_dump(mode="json") if machine is not None and machine.options is not None else {}
     ssh = info.get("ssh") or {}
     cert_path = os.path.join(store_path, "machines", name)  # this user's copy, wherever `up` ran
     driver = {
@@ -316,7 +341,7 @@ def host_record(
         "SwarmDiscovery": "",
         "SSHHost": ssh.get("host", ""),
         "EnginePort": info.get("port", 0),
-        "Options": config.get("options") or {},
+        "Options": options,
     }
     return {
         "ConfigVersion": 3,
@@ -326,21 +351,7 @@ def host_record(
             "Driver": "",
             "Memory": 0,
             "Disk": 0,
-            "EngineOptions": {
-                "ArbitraryFlags": list(engine.get("opts") or []),
-                "Dns": None,
-                "GraphDir": "",
-                "Env": list(engine.get("env") or []),
-                "Ipv6": False,
-                "InsecureRegistry": list(engine.get("insecure_registries") or []),
-                "Labels": list(engine.get("labels") or []),
-                "LogLevel": "",
-                "StorageDriver": engine.get("storage_driver", "overlay2"),
-                "SelinuxEnabled": False,
-                "TlsVerify": True,
-                "RegistryMirror": list(engine.get("registry_mirrors") or []),
-                "InstallURL": engine.get("install_url", "https://get.docker.com"),
-            },
+            "EngineOptions": engine_record(engine),
             "SwarmOptions": {
                 "IsSwarm": False,
                 "Address": "",
@@ -368,7 +379,7 @@ def host_record(
                 "ServerCertRemotePath": "",
                 "ServerKeyRemotePath": "",
                 "ClientCertPath": os.path.join(cert_path, "cert.pem"),
-                "ServerCertSANs": list(config.get("tls_san") or []),
+                "ServerCertSANs": list(info.get("serverCertSans") or []),
                 "StorePath": cert_path,
             },
         },

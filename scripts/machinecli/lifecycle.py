@@ -3,19 +3,20 @@ when it was the last one) applies it."""
 
 from __future__ import annotations
 
+import os
 import re
-import shutil
+from dataclasses import dataclass
 from typing import Any
 
 from components import config as stack_config
-from components import dockercontext, drivers
+from components import drivers, model, outputs, ownership
+from components.model import MACHINE_NAME_RE
+from components.steps import dockercontext
 
-from . import ui, workspace
+from . import team, ui, workspace
 from .errors import MachineError
 from .machines import Machine, MachineResources, Registry, by_stack, component_urn, machine_index, machine_resources
 from .workspace import StackInfo
-
-MACHINE_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9\-\.]*$")
 
 
 def typed_config_value(value: str) -> Any:
@@ -27,36 +28,59 @@ def typed_config_value(value: str) -> Any:
     return value
 
 
-def driver_options(driver: str, extra: list[str]) -> dict[str, Any]:
-    """``--<driver>-<option> value`` flags (docker-machine's driver flags) from the driver's Options model."""
+@dataclass(frozen=True)
+class Flag:
+    """A ``create`` flag made from a model field: which section of the machine it sets, and which field."""
+
+    section: str  # options | engine
+    field: str
+    annotation: str
+
+
+def machine_flags(driver: str) -> dict[str, Flag]:
+    """docker-machine's ``create`` flags, from the models: ``--<driver>-<option>`` from the driver's Options, and the
+    engine options' flags (``--engine-…``, components/model.py EngineField.cli)."""
     try:
-        fields = drivers.load(driver).Options.model_fields
+        options = drivers.load(driver).Options.model_fields
     except ValueError as err:
         raise MachineError(str(err)) from None
-    flags = {f"--{driver}-{name.replace('_', '-')}": name for name in fields}
-    options: dict[str, Any] = {}
+    flags = {f"--{driver}-{name.replace('_', '-')}": Flag("options", name, str(info.annotation))
+             for name, info in options.items()}  # fmt: skip
+    engine = model.EngineOptions
+    flags.update({f"--{field.cli}": Flag("engine", name, str(engine.model_fields[name].annotation))
+                  for name, field in engine.fields().items()})  # fmt: skip
+    return flags
+
+
+def parse_flags(driver: str, extra: list[str]) -> dict[str, dict[str, Any]]:
+    """``create``'s driver and engine flags → {"options": {…}, "engine": {…}} as the stack config holds them; an
+    engine option's environment variable (docker-machine's MACHINE_DOCKER_INSTALL_URL) stands in for its flag."""
+    flags, found = machine_flags(driver), {"options": {}, "engine": {}}
     i = 0
     while i < len(extra):
-        flag, eq, value = extra[i].partition("=")
-        if flag not in flags:
+        name, eq, value = extra[i].partition("=")
+        if name not in flags:
             known = " ".join(sorted(flags))
-            raise MachineError(f"flag provided but not defined: {flag} (the {driver} driver's flags: {known})")
-        field = flags[flag]
-        annotation = str(fields[field].annotation)
+            raise MachineError(f"flag provided but not defined: {name} (the {driver} driver's flags: {known})")
+        flag = flags[name]
         if not eq:
-            if "bool" in annotation and (i + 1 == len(extra) or extra[i + 1].startswith("--")):
+            if "bool" in flag.annotation and (i + 1 == len(extra) or extra[i + 1].startswith("--")):
                 value = "true"
             elif i + 1 < len(extra):
                 i += 1
                 value = extra[i]
             else:
-                raise MachineError(f"flag needs an argument: {flag}")
-        if "list" in annotation:
-            options.setdefault(field, []).append(typed_config_value(value))
+                raise MachineError(f"flag needs an argument: {name}")
+        section = found[flag.section]
+        if "list" in flag.annotation:
+            section.setdefault(flag.field, []).append(typed_config_value(value))
         else:
-            options[field] = typed_config_value(value)
+            section[flag.field] = typed_config_value(value)
         i += 1
-    return options
+    for name, field in model.EngineOptions.fields().items():
+        if field.env and name not in found["engine"] and os.environ.get(field.env):
+            found["engine"][name] = os.environ[field.env]
+    return found
 
 
 def _flatten(value: Any, path: str) -> list[tuple[str, Any]]:
@@ -91,6 +115,38 @@ def _safe_stacks(reg: Registry) -> list[StackInfo]:
         return reg.stacks()
     except MachineError:
         return []
+
+
+def prepare(stack: str, force_unlock: bool) -> None:
+    """``make up``'s stack: created on the backend in use when missing (and made the current one), a stale lock
+    cleared on request. A stack file made for a stack on another backend (its secrets under another key) is not
+    taken over: one line says what the user can do instead."""
+    ws = workspace.get()
+    if not ws.has_stack(stack):
+        path = workspace.config_file(stack)
+        if _salted(path):
+            raise MachineError(
+                f'{os.path.relpath(path, workspace.ROOT)} belongs to a stack "{stack}" of another backend (its '
+                f"secrets use another key) and {team.shown(workspace.backend_url())} has no such stack: keep working "
+                "with it there (scripts/machine backend unset), move it here (backend unset, then scripts/machine "
+                f"--stack {stack} backend migrate - --key-file FILE, then backend set), or use another stack name "
+                "here (make up STACK=NAME)"
+            )
+        ws.ensure_stack(stack)
+    ws.select(stack)
+    for lock in ws.locks(stack):
+        if not (force_unlock and lock.stale()):
+            raise MachineError(workspace.lock_message(stack, lock))
+        ws.unlock(stack)
+        ui.err(f'Cleared the lock of stack "{stack}" ({lock.describe()})')
+
+
+def _salted(path: str) -> bool:
+    try:
+        with open(path) as f:
+            return any(line.startswith("encryptionsalt:") for line in f)
+    except OSError:
+        return False
 
 
 def create(reg: Registry, name: str, machine: dict[str, Any]) -> None:
@@ -130,16 +186,17 @@ def create(reg: Registry, name: str, machine: dict[str, Any]) -> None:
 
 
 def forget_local(machine: Machine) -> None:
-    """What a removed machine leaves on this host: its cert copies and the docker context we made."""
+    """What a removed machine leaves on this host: its cert copies and the docker context we made (only ours: a
+    context the user made, or docker-machine's own machine directory, stays)."""
     name = dockercontext.context_name(machine.name)
-    if dockercontext.docker_path() and dockercontext.description_of(name) == dockercontext.DESCRIPTION.format(
-        machine=machine.name
-    ):
+    if dockercontext.docker_path() and dockercontext.ours(dockercontext.description_of(name), machine.name,
+                                                          machine.owner):  # fmt: skip
         try:
             dockercontext.remove(name)
         except dockercontext.DockerContextError as err:
             ui.warn(str(err))
-    shutil.rmtree(machine.cert_path, ignore_errors=True)
+    if not outputs.remove_client_certs(machine.cert_path, machine.owner) and os.path.isdir(machine.cert_path):
+        ui.warn(ownership.refusal(machine.cert_path, machine.owner, outputs.CERT_DIRECTORY))
 
 
 class ConfigSnapshot:

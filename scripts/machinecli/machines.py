@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from components import outputs
+from components import outputs, ownership
 
 from . import workspace
 from .errors import MachineError
@@ -43,14 +43,18 @@ class Machine:
         return self.info.env
 
     @property
+    def owner(self) -> ownership.Owner:
+        return workspace.owner(self.stack)
+
+    @property
     def cert_path(self) -> str:
         # This user's copy of the client certificates: the output's DOCKER_CERT_PATH is that of whoever ran `up`.
-        return outputs.cert_path(self.name)
+        return outputs.cert_path(self.name, self.owner)
 
     @property
     def docker_env(self) -> dict[str, str]:
         """What `env` prints, for this user."""
-        return outputs.docker_env(self.name, self.url)
+        return outputs.docker_env(self.name, self.url, self.cert_path)
 
     @property
     def docker_host(self) -> tuple[str, int]:
@@ -76,7 +80,11 @@ class Machine:
         return o.ca_cert, o.client_cert, o.client_key
 
     def write_client_certs(self) -> None:
-        outputs.write_client_certs(self.cert_path, *self.tls)
+        """This user's copy of the client certificates, in a directory of ours (never docker-machine's own)."""
+        try:
+            outputs.write_client_certs(self.cert_path, self.owner, *self.tls)
+        except ownership.NotOurs as err:
+            raise MachineError(str(err)) from None
 
 
 def parse_outputs(raw: dict[str, Any]) -> outputs.StackOutputs:

@@ -1,4 +1,5 @@
-"""start, stop, restart, kill: the desired ``state`` in the stack config, then a targeted, refreshed ``up``.
+"""start, stop, restart, kill: the desired ``state`` in the stack config, then a targeted, refreshed ``up``; kill first
+powers the machine off at once where its driver can (QEMU, VirtualBox).
 
 A driver that cannot power a machine (generic) is restarted like docker-machine's generic driver did: a reboot over
 SSH. After a start, the command returns once Docker answers over TLS at the address the stack outputs hold.
@@ -6,9 +7,10 @@ SSH. After a start, the command returns once Docker answers over TLS at the addr
 
 from __future__ import annotations
 
-from components import drivers, provisioning, wait
+from components import drivers, wait
+from components.steps import provisioning
 
-from . import probe, remote, ui, workspace
+from . import probe, sshclient, ui, workspace
 from .errors import MachineError
 from .machines import Machine, Registry, by_stack, set_machine_setting, targets
 
@@ -17,8 +19,8 @@ DOCKER_WAIT = 300.0
 POLL = 2.0
 REBOOT_WAIT = 120.0
 
-_LABELS = {"start": "Starting", "stop": "Stopping", "kill": "Killing", "restart": "Restarting"}
-_PAST = {"start": "started", "stop": "stopped", "kill": "killed", "restart": "restarted"}
+_LABELS = {"start": "Starting", "stop": "Stopping", "restart": "Restarting"}
+_PAST = {"start": "started", "stop": "stopped", "restart": "restarted"}
 
 
 def supports_power(machine: Machine) -> bool:
@@ -54,7 +56,7 @@ def reboot_over_ssh(machine: Machine) -> None:
     if probe.ssh_reachable(machine) != "open":
         raise MachineError(f'Host "{machine.name}" is not running')
     try:
-        remote.ssh_run(machine, provisioning.REBOOT, timeout=60)
+        sshclient.ssh_run(machine, provisioning.REBOOT, timeout=60)
     except subprocess.TimeoutExpired:
         pass
     try:
@@ -69,7 +71,7 @@ def _check(machines: list[Machine], states: list[probe.Probe], verb: str) -> lis
         if not supports_power(machine):
             if verb != "restart":
                 raise MachineError(f"{machine.driver} driver does not support {verb}")
-        elif verb in ("stop", "kill") and result.state == "Stopped":
+        elif verb == "stop" and result.state == "Stopped":
             raise MachineError(f'Machine "{machine.name}" is already stopped.')
         elif verb == "start" and result.state == "Running":
             raise MachineError(f'Machine "{machine.name}" is already running.')
@@ -77,7 +79,28 @@ def _check(machines: list[Machine], states: list[probe.Probe], verb: str) -> lis
     return todo
 
 
+def kill(reg: Registry, names: list[str] | None) -> None:
+    """docker-machine's kill: the plug pulled at once where the driver can (no probe first: every second counts),
+    then the stack records the machines stopped; a driver without a hard power-off stops them gracefully."""
+    machines = reg.resolve(names)
+    for m in machines:
+        if not supports_power(m):
+            raise MachineError(f"{m.driver} driver does not support kill")
+    for m in machines:
+        ui.info(f'Killing "{m.name}"...')
+        killed = drivers.load(m.driver).kill(m.name, m.info.details)
+        if killed is False:
+            raise MachineError(f'Machine "{m.name}" is already stopped.')
+        if killed is None:
+            ui.warn(f'{m.driver} machine "{m.name}" has no hard power-off: it is stopped instead')
+    set_power(machines, "stopped", "Killing " + ", ".join(m.name for m in machines))
+    for m in machines:
+        ui.info(f'Machine "{m.name}" was killed.')
+
+
 def power(reg: Registry, names: list[str] | None, verb: str) -> None:
+    if verb == "kill":
+        return kill(reg, names)
     machines = reg.resolve(names)
     states = probe.probe_all(machines, 10)
     todo = _check(machines, states, verb)
@@ -87,7 +110,7 @@ def power(reg: Registry, names: list[str] | None, verb: str) -> None:
         ui.info(f'{label} "{m.name}"...')
     if powered:
         names_of = ", ".join(m.name for m in powered)
-        if verb in ("stop", "kill"):
+        if verb == "stop":
             set_power(powered, "stopped", f"{label} {names_of}")
         elif verb == "start":
             set_power(powered, "running", f"{label} {names_of}")

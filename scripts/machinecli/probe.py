@@ -1,7 +1,7 @@
 """Live state of a machine, whatever its driver (docs/cli.md: nothing cached).
 
 1. Docker answers ``/_ping`` then ``/version`` over mutual TLS with the stack's client certificate → ``Running``
-   (the DOCKER column; ``components.dockerapi.version``, the same probe ``up`` ends with);
+   (the DOCKER column; ``components.steps.dockerapi.version``, the same probe ``up`` ends with);
 2. else the SSH port accepts a TCP connection → ``Running``, with the Docker error in ERRORS;
 3. else ``Stopped``; ``Timeout`` when the probe itself outlives the timeout (as docker-machine's ``ls``).
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import ssl
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from components import dockerapi, portforward
+from components import drivers
+from components.steps import dockerapi, tls
 
 from . import formats, ui, workspace
 from .errors import MachineError
@@ -26,52 +26,23 @@ from .machines import Machine
 
 TLS_CHECK_TIMEOUT = 20.0
 SSH_CHECK_TIMEOUT = 10.0
-_PROBE_ERRORS = (*dockerapi.API_ERRORS, dockerapi.ApiAnswer)
-
-_contexts: dict[tuple[str, str, str], ssl.SSLContext] = {}
-_contexts_lock = threading.Lock()
-
-
-def tls_context(machine: Machine) -> ssl.SSLContext:
-    ca, cert, key = machine.tls
-    if not (ca and cert and key and machine.url):
-        raise ValueError("the stack outputs have no URL or client certificate for this machine")
-    with _contexts_lock:
-        if machine.tls not in _contexts:
-            try:
-                _contexts[machine.tls] = dockerapi.tls_context(ca, cert, key)
-            except ssl.SSLError as err:
-                raise ValueError(f"the stack's client certificate cannot be loaded: {err}") from None
-        return _contexts[machine.tls]
 
 
 def docker_version(machine: Machine, timeout: float) -> dict[str, Any]:
-    """The machine's ``/version`` after a ``/_ping``, with the client certificate."""
+    """The machine's ``/version`` after a ``/_ping``, with the client certificate; dockerapi.ApiError."""
+    ca, cert, key = machine.tls
+    if not (ca and cert and key and machine.url):
+        raise dockerapi.ApiError("the stack outputs have no URL or client certificate for this machine")
     host, port = machine.docker_host
-    return dockerapi.version(host, port, tls_context(machine), timeout=max(timeout, 0.1))
+    return dockerapi.version(host, port, machine.tls, timeout=max(timeout, 0.1))
 
 
-def is_cert_error(err: BaseException) -> bool:
-    """The server's certificate does not verify, or the server refuses our client certificate."""
-    if isinstance(err, ssl.SSLCertVerificationError):
-        return True
-    if isinstance(err, ssl.SSLError):
-        text = f"{err.reason or ''} {err}".upper()
-        return any(k in text for k in ("CERTIFICATE", "UNKNOWN_CA", "BAD_CERT", "CERT_REQUIRED", "DECRYPT_ERROR"))
-    return False
+def is_cert_error(err: dockerapi.ApiError) -> bool:
+    return dockerapi.is_cert_error(err.cause)
 
 
-def describe(err: BaseException) -> str:
-    """An error as one short line (no errno prefix, no OpenSSL source location)."""
-    if isinstance(err, ssl.SSLCertVerificationError):
-        return f"x509: {err.verify_message}" if err.verify_message else "x509: certificate verify failed"
-    if isinstance(err, ssl.SSLError):
-        return f"tls: {(err.reason or str(err)).lower().replace('_', ' ')}"
-    if isinstance(err, TimeoutError):
-        return "i/o timeout"
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror.lower()
-    return str(err) or type(err).__name__
+def describe(err: dockerapi.ApiError) -> str:
+    return str(err)
 
 
 class TlsCheckError(Exception):
@@ -84,7 +55,7 @@ def check_tls(machine: Machine, timeout: float = TLS_CHECK_TIMEOUT) -> None:
     """docker-machine's ValidateCertificate: a TLS handshake (and a ping) with the client certificate."""
     try:
         docker_version(machine, timeout)
-    except _PROBE_ERRORS as err:
+    except dockerapi.ApiError as err:
         raise TlsCheckError("cert" if is_cert_error(err) else "connect", describe(err)) from None
 
 
@@ -126,7 +97,7 @@ def probe(machine: Machine, timeout: float = 10) -> Probe:
     try:
         version = docker_version(machine, left())
         return Probe("Running", version.get("Version", ""), response_time=time.monotonic() - start, api=version)
-    except _PROBE_ERRORS as err:
+    except dockerapi.ApiError as err:
         failure = err
     host, port = machine.docker_host
     message = f"Unable to query docker version: Get https://{host}:{port}/version: {describe(failure)}"
@@ -160,12 +131,23 @@ def probe_all(machines: list[Machine], timeout: float = 10) -> list[Probe]:
     return [r if r is not None else Probe("Timeout", response_time=timeout) for r in results]
 
 
-def forward_conflicts(machine: Machine) -> list[str]:
-    """Published ports the QEMU port forwarder could not forward, as the forwarder last reported them."""
-    instance_dir = machine.info.details.get("instanceDir")
-    if not instance_dir or not machine.info.details.get("publishes"):
-        return []
-    return list(portforward.read_report(instance_dir).get("conflicts", {}).values())
+def local_state(machine: Machine):
+    """The machine's helpers on this host as its driver reports them (e.g. published ports not forwarded)."""
+    return drivers.load(machine.driver).local_state(machine.info.details)
+
+
+def certificate_errors(machine: Machine) -> list[str]:
+    """Certificates due for renewal (less than 30 days left): the machine's server certificate, the stack's CA and
+    client certificate; `up` renews them."""
+    lefts = [("server certificate", tls.left(machine.info.server_cert_expires))]
+    lefts += [
+        (f"stack's {what}", tls.expiring(pem))
+        for what, pem in (
+            ("CA", machine.stack_outputs.ca_cert),
+            ("client certificate", machine.stack_outputs.client_cert),
+        )
+    ]
+    return [f"the {what} {tls.days(left)}: run up to renew it" for what, left in lefts if left is not None]
 
 
 def ls_items(machines: list[Machine], timeout: float) -> list[LsItem]:
@@ -178,13 +160,14 @@ def ls_items(machines: list[Machine], timeout: float) -> list[LsItem]:
             version = f"v{result.docker_version}"
         errors = [result.error] if result.error else []
         if running:
-            errors += forward_conflicts(machine)
+            errors += local_state(machine).errors
+        errors += certificate_errors(machine)
         items.append(
             LsItem(
                 name=machine.name, stack=machine.stack, driver=machine.driver, state=result.state,
                 url=machine.url if running else "", docker_version=version, error="; ".join(errors),
                 active_host=running and machine.url == docker_host, response_time=result.response_time,
-                swarm_master=machine.swarm_master,
+                swarm_master=machine.swarm_master, mounts=formats.mounts_shown(machine.info.details),
             )
         )  # fmt: skip
     return items
@@ -195,11 +178,8 @@ def labels(machines: list[Machine]) -> dict[tuple[str, str], tuple[str, ...]]:
     found: dict[tuple[str, str], tuple[str, ...]] = {}
     for stack in {m.stack for m in machines}:
         try:
-            for entry in workspace.get().machines_config(stack):
-                if isinstance(entry, dict):
-                    raw = (entry.get("engine") or {}).get("labels") or []
-                    items = [f"{k}={v}" for k, v in raw.items()] if isinstance(raw, dict) else list(raw)
-                    found[(stack, entry.get("name", ""))] = tuple(items)
+            for name, machine in workspace.get().machines(stack).items():
+                found[(stack, name)] = tuple(machine.engine.labels)
         except MachineError as err:
             ui.warn(f'stack "{stack}": {err}')
     return found
@@ -230,7 +210,7 @@ def require_docker(machine: Machine, prefix: str = "") -> None:
 def remote_version(machine: Machine) -> str:
     try:
         return docker_version(machine, TLS_CHECK_TIMEOUT).get("Version", "")
-    except _PROBE_ERRORS as err:
+    except dockerapi.ApiError as err:
         error = describe(err)
     if ssh_reachable(machine) == "refused":
         raise MachineError(f'Host "{machine.name}" is not running')
@@ -246,14 +226,10 @@ def require_running(machines: list[Machine]) -> None:
 def inspect_record(machine: Machine) -> dict[str, Any]:
     """docker-machine's host record of the machine, with its forwarder's report where it has one."""
     try:
-        entries = workspace.get().machines_config(machine.stack)
+        configured = workspace.get().machines(machine.stack).get(machine.name)
     except MachineError as err:
         ui.warn(str(err))
-        entries = []
-    entry = next((e for e in entries if isinstance(e, dict) and e.get("name") == machine.name), None)
+        configured = None
     info = machine.info.model_dump(by_alias=True)
-    record = formats.host_record(machine.name, machine.stack, info, entry, workspace.store_path())
-    instance_dir = machine.info.details.get("instanceDir")
-    if instance_dir and machine.info.details.get("publishes"):
-        record["Forwards"] = portforward.read_report(instance_dir)
-    return record
+    record = formats.host_record(machine.name, machine.stack, info, configured, workspace.store_path())
+    return {**record, **local_state(machine).record}

@@ -32,6 +32,11 @@ def err(text: str) -> None:
     sys.stderr.write(text.rstrip("\n") + "\n")
 
 
+def interactive() -> bool:
+    """A person at a terminal can answer (CI and cron cannot)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def confirm(message: str) -> bool:
     """docker-machine's confirmInput: ``<message> (y/n): ``, yes when the answer starts with y."""
     out(f"{message} (y/n): ")

@@ -12,9 +12,7 @@ import base64
 import glob
 import json
 import os
-import re
 import socket
-import subprocess
 import sys
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -25,7 +23,8 @@ from typing import Any
 
 from pulumi import automation as auto
 
-from components import outputs
+from components import config, outputs, ownership
+from components.model import MachineConfig
 
 from .errors import MachineError
 
@@ -179,6 +178,10 @@ class Workspace:
         parsed = json.loads(value) if value else []
         return parsed if isinstance(parsed, list) else []
 
+    def machines(self, stack: str) -> dict[str, MachineConfig]:
+        """The stack's machines as the program reads them (components.config), by name; a bad one left out."""
+        return config.machines_of(self.machines_config(stack))
+
     def resources(self, stack: str) -> list[dict[str, Any]]:
         deployment = self._run(f'reading the state of stack "{stack}"', lambda: self.ws.export_stack(stack))
         return (deployment.deployment or {}).get("resources") or []
@@ -285,6 +288,10 @@ class Workspace:
             lambda: self.ws.cli_api.state_remove(urn, force=True, target_dependents=True, stack=stack, cwd=ROOT),
         )
 
+    def select(self, stack: str) -> None:
+        """Make ``stack`` the current one (what `scripts/pulumi` acts on without --stack), as `make up` always did."""
+        self._run(f'selecting stack "{stack}"', lambda: auto.LocalWorkspace.select_stack(self.ws, stack))
+
     def ensure_stack(self, stack: str) -> None:
         """Create the stack when it does not exist yet (``create`` on a fresh backend)."""
         try:
@@ -344,31 +351,38 @@ def _lock_records(url: str, stack: str) -> list[str]:
                 continue
         return records
     if url.startswith(("postgres://", "postgresql://")):
-        parts = urllib.parse.urlsplit(url)
-        query = urllib.parse.parse_qs(parts.query)
-        table = (query.pop("table", None) or ["pulumi_state"])[0]
-        dsn = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, doseq=True)))
-        # Keys carry a prefix of their own (the database name) before .pulumi/.
-        pattern = f"%.pulumi/locks/%/{PROJECT}/{stack}/%"
-        sql = f"select data from {table} where key like '{pattern}' order by key"  # names checked below
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", table) or not re.fullmatch(r"[A-Za-z0-9_.-]+", stack):
-            return []
-        try:
-            result = subprocess.run(["psql", dsn, "-X", "-At", "-c", sql], capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            return []
-        if result.returncode != 0:
-            return []
-        return [_blob(line) for line in result.stdout.splitlines() if line.strip()]
+        return _postgres_locks(url, stack)
     return []
 
 
-def _blob(row: str) -> str:
-    """A PostgreSQL backend row holds the file as {"data": base64 of its bytes}."""
+def _postgres_locks(url: str, stack: str) -> list[str]:
+    """A PostgreSQL backend's lock rows for ``stack``, read in-process (psycopg: no password on a command line;
+    libpq finds it in the URL or the PGPASSFILE scripts/env.sh names, as Pulumi's own driver does)."""
+    import psycopg
+    from psycopg import sql
+
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    table = (query.pop("table", None) or ["pulumi_state"])[0]
+    dsn = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, doseq=True)))
+    # Keys carry a prefix of their own (the database name) before .pulumi/.
+    pattern = f"%.pulumi/locks/%/{PROJECT}/{stack}/%"
+    statement = sql.SQL("select data from {} where key like %s order by key").format(sql.Identifier(*table.split(".")))
     try:
-        return base64.b64decode(json.loads(row)["data"]).decode()
+        with psycopg.connect(dsn, connect_timeout=10) as connection:
+            rows = connection.execute(statement, (pattern,)).fetchall()
+    except psycopg.Error:
+        return []
+    return [_blob(row[0]) for row in rows]
+
+
+def _blob(data) -> str:
+    """A PostgreSQL backend row holds the file as {"data": base64 of its bytes} (jsonb: a dict here)."""
+    try:
+        value = json.loads(data) if isinstance(data, (str, bytes)) else data
+        return base64.b64decode(value["data"]).decode()
     except (ValueError, KeyError, TypeError):
-        return row
+        return data if isinstance(data, str) else json.dumps(data)
 
 
 def backend_unreachable() -> str | None:
@@ -393,16 +407,12 @@ def _when(timestamp: str) -> str:
 
 
 def backend_url() -> str:
-    """PULUMI_BACKEND_URL (scripts/env.sh sets it for the local default), else the backend logged in to."""
-    url = os.environ.get("PULUMI_BACKEND_URL")
-    if url:
-        return url
-    home = os.environ.get("PULUMI_HOME") or os.path.join(os.path.expanduser("~"), ".pulumi")
-    try:
-        with open(os.path.join(home, "credentials.json")) as f:
-            return json.load(f).get("current") or ""
-    except (OSError, ValueError):
-        return ""
+    return ownership.backend_url()
+
+
+def owner(stack: str) -> ownership.Owner:
+    """Who owns a stack's local artefacts on this host (its stack on the backend in use)."""
+    return ownership.current(PROJECT, short_name(stack))
 
 
 _current: Workspace | None = None

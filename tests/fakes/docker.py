@@ -26,7 +26,7 @@ class Pki:
 
 
 def make_pki(sans: list[str] | None = None) -> Pki:
-    from components import tls
+    from components.steps import tls
 
     ca = tls.new_ca("tester")
     client = tls.new_client_cert(ca, "tester.<bootstrap>")
@@ -110,6 +110,10 @@ class Listener:
             conn.close()
 
 
+# The host key every fake machine's outputs pin (scripts/machine ssh writes it to its known_hosts).
+HOST_KEY_PUBLIC = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeHostKey"
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -119,10 +123,11 @@ def closed_port() -> int:
 def machine_info(name: str, docker_port: int, ssh_port: int, driver: str = "qemu", ip: str = "127.0.0.1") -> dict:
     """A machine's stack output (``machines.<name>``), built with the program's own output model."""
     url = f"tcp://{ip}:{docker_port}"
+    cert_dir = os.path.join(outputs.store_path(), "machines", name)
     return outputs.MachineOutputs(
-        name=name, driver=driver, ip=ip, port=docker_port, url=url, env=outputs.docker_env(name, url),
-        ssh=outputs.SshEndpoint(host=ip, port=ssh_port, user="docker"), docker_version="24.0.7",
-        server_cert_serial="abc123",
+        name=name, driver=driver, ip=ip, port=docker_port, url=url, env=outputs.docker_env(name, url, cert_dir),
+        ssh=outputs.SshEndpoint(host=ip, port=ssh_port, user="docker", host_key=HOST_KEY_PUBLIC),
+        docker_version="24.0.7", server_cert_serial="abc123", server_cert_sans=[ip, "localhost"],
     ).model_dump(by_alias=True)  # fmt: skip
 
 

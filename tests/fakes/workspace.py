@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from components import config
+from components.drivers.qemu.vm import VM as QEMU_VM
 from scripts.machinecli import workspace
 from scripts.machinecli.errors import MachineError
 from scripts.machinecli.lifecycle import typed_config_value as _typed
@@ -38,7 +40,7 @@ def machine_resources(stack: str, name: str, driver: str = "qemu", undo: bool = 
     component = f"{prefix}{COMPONENT}::{name}"
     children = [(outputs.SSH_KEY.token, f"{name}-ssh-key")]
     if driver == "qemu":
-        children.append((outputs.QEMU_VM.token, f"{name}-vm"))
+        children.append((QEMU_VM.token, f"{name}-vm"))
     children += [(outputs.REMOTE_COMMAND.token, f"{name}-{s}") for s in ("wait-for-ssh", "install-docker", "tls")]
     children += [
         (outputs.REMOTE_COMMAND.token, f"{name}-daemon-config"),
@@ -70,6 +72,9 @@ class FakeWorkspace:
         self.fail_stream: str | None = None  # an operation (up, destroy) that fails
         self.on_stream = None  # callable(args, fake) run on each successful operation
         self.unlocked: list[str] = []
+        # What `preview` sees per stack: pulumi's --json document (steps, changeSummary); {} by default.
+        self.previews: dict[str, dict[str, Any]] = {}
+        self.selected: str | None = None
 
     def install(self, monkeypatch) -> FakeWorkspace:
         monkeypatch.setattr(workspace, "get", lambda: self)
@@ -91,8 +96,19 @@ class FakeWorkspace:
     def machines_config(self, stack: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self._stack(stack).config.get(KEY, []))
 
+    def machines(self, stack: str) -> dict[str, Any]:
+        return config.machines_of(self.machines_config(stack))
+
     def resources(self, stack: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self._stack(stack).resources)
+
+    def has_stack(self, stack: str) -> bool:
+        return stack in self.by_name
+
+    def preview(self, stack: str, *, refresh: bool, policy_packs: list[str], policy_configs: list[str]):
+        self.check_lock(stack)
+        self.streams.append(["preview", "--stack", stack, *(["--refresh"] if refresh else [])])
+        return workspace.Preview(document=copy.deepcopy(self.previews.get(stack, {})))
 
     # --- config --------------------------------------------------------------------------------------------------
 
@@ -168,6 +184,9 @@ class FakeWorkspace:
 
     def ensure_stack(self, stack: str) -> None:
         self.by_name.setdefault(stack, FakeStack(stack))
+
+    def select(self, stack: str) -> None:
+        self.selected = stack
 
     # --- locks ------------------------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ Every test there runs one machine named ``web`` under Pulumi mocks; the stack's 
 from __future__ import annotations
 
 import contextlib
+import email
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -114,3 +115,20 @@ def example_options(driver: str) -> Any:
     assert machine.driver == driver
     assert not any("secret" in key.lower() or "token" in key.lower() for key in stack)
     return machine.options
+
+
+def user_data_parts(user_data: Any) -> list[str]:
+    """The parts of a VM's user-data (a secret: it holds the host key): one cloud-config, or a multipart message."""
+    text = plain(user_data)
+    if not text.startswith("Content-Type: multipart/"):
+        return [text]
+    message = email.message_from_string(text)
+    return [part.get_payload() for part in message.get_payload()]
+
+
+def host_key_installed(user_data: Any) -> str:
+    """The SSH host key (public line) our cloud-config part installs; asserts it is the only key sshd gets."""
+    ours = yaml.safe_load(user_data_parts(user_data)[0])
+    assert ours["ssh_deletekeys"] is True and ours["ssh_genkeytypes"] == []
+    assert ours["ssh_keys"]["ed25519_private"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    return ours["ssh_keys"]["ed25519_public"]

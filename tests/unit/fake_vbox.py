@@ -397,6 +397,7 @@ class MachineData:
         self.controllers: dict[str, int] = {}
         self.attachments: dict[tuple[str, int, int], tuple[int, Medium]] = {}
         self.adapters = [Adapter(slot) for slot in range(8)]
+        self.shared_folders: dict[str, SharedFolder] = {}
 
     def locked(self) -> bool:
         return bool(self.sessions) or self.online or self.unlock_lag > 0
@@ -526,6 +527,26 @@ class Machine:
             raise fail(VBOX_E_OBJECT_IN_USE, f"Storage controller named '{name}' already exists")
         self._data.controllers[name] = connection_type
         return StorageController(name, connection_type)
+
+    @property
+    def sharedFolders(self):  # noqa: N802
+        return list(self._data.shared_folders.values())
+
+    def createSharedFolder(self, name, host_path, writable, automount, auto_mount_point):  # noqa: N802
+        # VirtualBox's Machine::createSharedFolder: a mutable machine, a unique name, an absolute host path.
+        self._world.log("IMachine.createSharedFolder", self, name, host_path, writable, automount, auto_mount_point)
+        self._require_mutable("shared folders")
+        if name in self._data.shared_folders:
+            raise fail(VBOX_E_OBJECT_IN_USE, f"Shared folder named '{name}' already exists")
+        if not os.path.isabs(host_path):
+            raise fail(E_INVALIDARG, f"Shared folder path '{host_path}' is not absolute")
+        self._data.shared_folders[name] = SharedFolder(name, host_path, writable, automount, auto_mount_point)
+
+    def removeSharedFolder(self, name):  # noqa: N802
+        self._world.log("IMachine.removeSharedFolder", self, name)
+        self._require_mutable("shared folders")
+        if self._data.shared_folders.pop(name, None) is None:
+            raise fail(VBOX_E_OBJECT_NOT_FOUND, f"Could not find a shared folder named '{name}'")
 
     def getNetworkAdapter(self, slot):  # noqa: N802
         self._world.log("IMachine.getNetworkAdapter", self, slot)
@@ -673,6 +694,15 @@ class StorageController:
         self.bus = bus
         self.portCount = 30
         self.controllerType = 3  # IntelAhci
+
+
+class SharedFolder:
+    """ISharedFolder, as a machine's shared folder reads."""
+
+    def __init__(self, name: str, host_path: str, writable: bool, automount: bool, auto_mount_point: str):
+        self.name, self.hostPath, self.writable = name, host_path, writable  # noqa: N815
+        self.autoMount, self.autoMountPoint = automount, auto_mount_point  # noqa: N815
+        self.accessible = os.path.isdir(host_path)
 
 
 class NetworkAdapter:

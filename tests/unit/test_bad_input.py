@@ -10,9 +10,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from components import config, provisioning, tls
+from components import config
 from components.drivers import base
 from components.model import ConfigError, EngineOptions
+from components.steps import provisioning, tls
 
 KEY = tls.new_ssh_key()[0]
 
@@ -222,4 +223,7 @@ def test_forwards_in_bridge_mode_and_across_machines():
 
 def test_good_forwards_pass():
     machine = config.load(json.dumps([{"name": "a", "options": {"forwards": ["8443:443", "5353:53/udp"]}}]))
-    assert machine.machines[0].options.forwards == ["8443:443", "5353:53/udp"]
+    # Parsed once, into typed rules that read back as written.
+    forwards = machine.machines[0].options.forwards
+    assert forwards == [(8443, 443, "tcp"), (5353, 53, "udp")]
+    assert [str(f) for f in forwards] == ["8443:443", "5353:53/udp"]

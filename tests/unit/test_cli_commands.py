@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import shlex
 import stat
 
 import pytest
 from typer.testing import CliRunner
 
+from components import drivers
+from components.drivers.qemu.vm import VM as QEMU_VM
+from components.steps import tls
 from scripts.machinecli import app as cli
-from scripts.machinecli import formats, machines, power, probe, provision, remote, ui, workspace
+from scripts.machinecli import formats, machines, power, probe, sshclient, ui, workspace
+from scripts.machinecli import maintenance as provision
 from scripts.machinecli.errors import MachineError
-from tests.fakes.docker import DockerServer, Listener, closed_port, machine_info, make_pki, stack_outputs
+from tests.fakes.docker import (
+    HOST_KEY_PUBLIC,
+    DockerServer,
+    Listener,
+    closed_port,
+    machine_info,
+    make_pki,
+    stack_outputs,
+)
 from tests.fakes.workspace import FakeStack, FakeWorkspace, machine_resources
 
 KEY = workspace.MACHINES_KEY
+COMPONENT = "dockermachine:index:DockerMachine"
 
 
 @pytest.fixture(scope="module")
@@ -285,21 +300,25 @@ def attached(monkeypatch):
 
     def fake(argv, runner=None):
         key = argv[argv.index("-i") + 1]
-        calls.append((argv, oct(stat.S_IMODE(os.stat(key).st_mode)), open(key).read()))
+        known_hosts = next(a.removeprefix("UserKnownHostsFile=") for a in argv if a.startswith("UserKnownHostsFile="))
+        calls.append((argv, oct(stat.S_IMODE(os.stat(key).st_mode)), open(key).read(), open(known_hosts).read()))
         return 7
 
-    monkeypatch.setattr(remote, "run_attached", fake)
+    monkeypatch.setattr(sshclient, "run_attached", fake)
     return calls
 
 
 def test_ssh_runs_the_command_with_the_stacks_key(world, sshd, attached):
     result = invoke("ssh", "dev", "uname", "-a", "--stack", "x")
     assert result.exit_code == 7  # the remote status comes back
-    argv, mode, key = attached[0]
+    argv, mode, key, known_hosts = attached[0]
     assert mode == "0o600" and key == "-----BEGIN OPENSSH PRIVATE KEY-----\ndev\n"
     assert not os.path.exists(argv[argv.index("-i") + 1])  # removed afterwards
     assert argv[:3] == ["ssh", "-F", "/dev/null"]
-    assert "StrictHostKeyChecking=no" in argv and "UserKnownHostsFile=/dev/null" in argv and "LogLevel=quiet" in argv
+    # The host is checked against the key the stack pinned, under the machine's own alias, never accepted blindly.
+    assert "StrictHostKeyChecking=yes" in argv and "HostKeyAlias=docker-machine.dev" in argv
+    assert known_hosts == f"docker-machine.dev {HOST_KEY_PUBLIC}\n"
+    assert not any(a in argv for a in ("StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null"))
     # Everything after the name is the remote command, flags included (docker-machine: no flag parsing).
     assert argv[argv.index("-p") :] == ["-p", str(sshd.port), "docker@127.0.0.1", "uname", "-a", "--stack", "x"]
     invoke("--stack", "local", "ssh", "dev")
@@ -322,11 +341,50 @@ def test_scp_both_directions(world, sshd, attached):
     assert error_line(invoke("scp", "nope:a", "b")) == 'Error: Host does not exist: "nope"'
 
 
+@pytest.fixture
+def spawned(monkeypatch):
+    """What rsync and sshfs would be run with, and the pinned host key file they would read."""
+    calls = []
+
+    def fake(argv, runner=None):
+        text = " ".join(argv)
+        known_hosts = text.split("UserKnownHostsFile=")[1].split()[0]
+        calls.append((argv, open(known_hosts).read()))
+        return 0
+
+    monkeypatch.setattr(sshclient, "run_attached", fake)
+    return calls
+
+
+def test_scp_delta_is_rsync_over_the_pinned_ssh(world, sshd, spawned):
+    invoke("scp", "-r", "--delta", "./dir", "dev:/srv/dir")
+    argv, known_hosts = spawned[0]
+    assert argv[0] == "rsync" and argv[-2:] == ["./dir", "docker@127.0.0.1:/srv/dir"] and "--recursive" in argv
+    transport = shlex.split(argv[argv.index("-e") + 1])
+    assert transport[0] == "ssh" and transport[transport.index("-p") + 1] == str(sshd.port)
+    assert "StrictHostKeyChecking=yes" in transport and known_hosts == f"docker-machine.dev {HOST_KEY_PUBLIC}\n"
+
+
+def test_mount_is_sshfs_with_the_pinned_key_and_unmount_fusermount(world, sshd, spawned, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert invoke("mount", "dev:/etc").exit_code == 0
+    argv, known_hosts = spawned[0]
+    # Not docker-machine's default (the remote path itself: this host's /etc): the folder's name, here.
+    assert argv[:3] == ["sshfs", "docker@127.0.0.1:/etc", str(tmp_path / "etc")] and (tmp_path / "etc").is_dir()
+    assert argv[argv.index("-p") + 1] == str(sshd.port) and "idmap=user" in argv
+    assert "StrictHostKeyChecking=yes" in argv and "HostKeyAlias=docker-machine.dev" in argv
+    assert known_hosts == f"docker-machine.dev {HOST_KEY_PUBLIC}\n"
+    monkeypatch.setattr(sshclient, "run_attached", lambda argv, runner=None: spawned.append((argv, "")) or 0)
+    invoke("mount", "-u", "dev:/etc", "mnt")
+    assert spawned[-1][0][-2:] == ["-u", str(tmp_path / "mnt")] or spawned[-1][0] == ["umount", str(tmp_path / "mnt")]
+    assert "name the machine's folder" in error_line(invoke("mount", "/etc"))
+
+
 def test_scp_argument_parsing():
-    assert remote.parse_scp_arg("/tmp/x") == remote.ScpPath("/tmp/x")
-    assert remote.parse_scp_arg("localhost:/tmp/x") == remote.ScpPath("/tmp/x")
-    assert remote.parse_scp_arg("dev:") == remote.ScpPath("", "dev")
-    assert remote.parse_scp_arg("u@dev:~/f") == remote.ScpPath("~/f", "dev", "u")
+    assert sshclient.parse_scp_arg("/tmp/x") == sshclient.ScpPath("/tmp/x")
+    assert sshclient.parse_scp_arg("localhost:/tmp/x") == sshclient.ScpPath("/tmp/x")
+    assert sshclient.parse_scp_arg("dev:") == sshclient.ScpPath("", "dev")
+    assert sshclient.parse_scp_arg("u@dev:~/f") == sshclient.ScpPath("~/f", "dev", "u")
 
 
 # --- power: start, stop, restart, kill -------------------------------------------------------------------
@@ -356,7 +414,6 @@ def test_stop_sets_the_desired_state_and_runs_a_targeted_refreshed_up(world, mon
 def test_power_errors(world, monkeypatch):
     _states(monkeypatch, dev="Stopped", web="Stopped")
     assert error_line(invoke("stop", "dev")) == 'Error: Machine "dev" is already stopped.'
-    assert error_line(invoke("kill", "web")) == 'Error: Machine "web" is already stopped.'
     _states(monkeypatch)
     assert error_line(invoke("start", "dev")) == 'Error: Machine "dev" is already running.'
     assert error_line(invoke("stop", "far")) == "Error: generic driver does not support stop"
@@ -364,10 +421,26 @@ def test_power_errors(world, monkeypatch):
     assert world.streams == []
 
 
-def test_kill_is_stop(world, monkeypatch):
-    _states(monkeypatch)
+def test_kill_powers_off_at_once_then_records_the_machine_stopped(world, monkeypatch):
+    order = []
+    monkeypatch.setattr(probe, "probe_all", lambda *a, **k: order.append("probe"))  # no probe: every second counts
+    qemu = drivers.load("qemu")
+    monkeypatch.setattr(type(qemu), "kill", lambda self, name, details: order.append(("kill", name)) or True)
+    world.on_stream = lambda args, fake: order.append(("up", fake.machines_config("local")[0]["state"]))
     assert invoke("kill", "dev").stdout == 'Killing "dev"...\nMachine "dev" was killed.\n'
+    assert order == [("kill", "dev"), ("up", "stopped")]
+
+
+def test_kill_of_a_stopped_machine_or_a_driver_without_a_hard_power_off(world, monkeypatch):
+    qemu = drivers.load("qemu")
+    monkeypatch.setattr(type(qemu), "kill", lambda self, name, details: False)
+    assert error_line(invoke("kill", "dev")) == 'Error: Machine "dev" is already stopped.'
+    assert world.streams == []
+    monkeypatch.setattr(type(qemu), "kill", lambda self, name, details: None)
+    result = invoke("kill", "dev")
+    assert "has no hard power-off: it is stopped instead" in result.stderr
     assert world.machines_config("local")[0]["state"] == "stopped"
+    assert error_line(invoke("kill", "far")) == "Error: generic driver does not support kill"
 
 
 def test_start_waits_for_docker_and_prints_the_hint(world, monkeypatch):
@@ -403,7 +476,7 @@ def test_restart_stops_then_starts(world, monkeypatch):
 def test_restart_of_a_generic_host_reboots_it_over_ssh(world, monkeypatch):
     _states(monkeypatch)
     scripts = []
-    monkeypatch.setattr(remote, "ssh_run", lambda m, script, timeout=0: scripts.append((m.name, script)))
+    monkeypatch.setattr(sshclient, "ssh_run", lambda m, script, timeout=0: scripts.append((m.name, script)))
     monkeypatch.setattr(probe, "ssh_reachable", lambda m, timeout=0: "open" if not scripts else "refused")
     monkeypatch.setattr(power, "wait_for_docker", lambda machines: None)
     assert invoke("restart", "far").exit_code == 0
@@ -466,7 +539,7 @@ def test_upgrade_runs_the_package_upgrade_over_ssh(world, monkeypatch):
     class Done:
         returncode, stdout, stderr = 0, "", ""
 
-    monkeypatch.setattr(remote, "ssh_run", lambda m, script, timeout=0: scripts.append(script) or Done())
+    monkeypatch.setattr(sshclient, "ssh_run", lambda m, script, timeout=0: scripts.append(script) or Done())
     result = invoke("upgrade", "dev")
     assert result.exit_code == 0, result.stderr
     assert "--only-upgrade" in scripts[0] and "systemctl restart docker" in scripts[0]
@@ -620,3 +693,57 @@ def test_machine_resources_walks_the_tree():
     assert not any("dev2" in u for u in found.urns)
     new = machines.machine_resources("s", "box", resources)
     assert new.urns == [f"urn:pulumi:s::{workspace.PROJECT}::dockermachine:index:DockerMachine::box"]
+
+
+# --- certificates due for renewal, and up's consent to losing a machine ------------------------------------------
+
+
+def test_ls_shows_a_server_certificate_that_expires_within_30_days(world, docker, monkeypatch):
+    now = datetime.datetime(2027, 3, 1, tzinfo=datetime.timezone.utc)
+    monkeypatch.setattr(tls, "now", lambda: now)
+    dev = world.by_name["local"].outputs["machines"]["dev"]
+    dev["serverCertExpires"] = (now + datetime.timedelta(days=10, hours=1)).isoformat()
+    rows = {line.split()[0]: line for line in invoke("ls").stdout.splitlines()[1:]}
+    assert rows["dev"].endswith("the server certificate expires in 10 days: run up to renew it")
+    dev["serverCertExpires"] = (now + datetime.timedelta(days=200)).isoformat()
+    assert invoke("ls").stdout.splitlines()[1].split()[-1] == "v24.0.7"  # nothing due: no error
+
+
+def _replacing_preview(machine: str) -> dict:
+    vm = f"urn:pulumi:local::docker-machine::dockermachine:index:DockerMachine${QEMU_VM.token}::{machine}-vm"
+    state = {"type": QEMU_VM.token, "parent": f"urn:pulumi:local::docker-machine::{COMPONENT}::{machine}",
+             "inputs": {"disk": 30000}}  # fmt: skip
+    return {"steps": [{"op": "replace", "urn": vm, "newState": state, "oldState": {**state, "inputs": {"disk": 20000}},
+                       "replaceReasons": ["disk"]}], "changeSummary": {"replace": 1}}  # fmt: skip
+
+
+def test_up_that_would_replace_a_machine_is_refused_without_a_terminal_unless_yes(world):
+    world.previews["local"] = _replacing_preview("dev")
+    result = invoke("--stack", "local", "up")
+    assert result.exit_code == 1
+    assert "up would replace or delete dev, losing what is on them; nothing was changed" in result.stderr
+    assert "dev: VM replaced (disk changed): containers and volumes on it are lost" in result.stderr
+    assert "--yes (make up YES=1)" in result.stderr
+    assert [s[0] for s in world.streams] == ["preview"]  # nothing ran but the preview
+    assert invoke("--stack", "local", "up", "--yes").exit_code == 0
+    assert [s[0] for s in world.streams] == ["preview", "preview", "up"]
+
+
+def test_up_that_loses_nothing_needs_no_consent(world):
+    assert invoke("--stack", "local", "up").exit_code == 0
+    assert [s[0] for s in world.streams] == ["preview", "up"]
+
+
+def test_make_ups_stack_is_refused_in_one_line_when_its_file_belongs_to_another_backend(world, monkeypatch,
+                                                                                         tmp_path):  # fmt: skip
+    stack_file = tmp_path / "Pulumi.mine.yaml"
+    stack_file.write_text("encryptionsalt: v1:abc:def\nconfig: {}\n")
+    monkeypatch.setattr(workspace, "config_file", lambda stack: str(stack_file))
+    monkeypatch.setenv("PULUMI_BACKEND_URL", "postgres://team:s3cret@db.example.test:5432/pulumi")
+    line = error_line(invoke("--stack", "mine", "up", "--create"))
+    assert 'belongs to a stack "mine" of another backend' in line and "postgres://team:****@db.example.test" in line
+    assert "backend unset" in line and "backend migrate" in line and "make up STACK=NAME" in line
+    assert "s3cret" not in line and "mine" not in world.by_name and world.streams == []
+    stack_file.write_text("config: {}\n")  # a new stack file (no secrets yet): the stack is made and selected
+    invoke("--stack", "mine", "up", "--create")
+    assert "mine" in world.by_name and world.selected == "mine"

@@ -7,12 +7,15 @@ import stat
 
 import pytest
 
-from components import dockercontext
-from components.tls import ClientTls
+from components import ownership
+from components.steps import dockercontext
+from components.steps.tls import ClientTls
+
+OWNER = ownership.Owner("docker-machine", "local", "file:///backend")
 
 FAKE_DOCKER = r"""#!/bin/sh
-# A docker CLI that knows contexts only: state in $FAKE_DOCKER_DIR/<name>, calls logged.
-dir="$FAKE_DOCKER_DIR"
+# A docker CLI that knows contexts only: state in its config directory ($DOCKER_CONFIG), calls logged.
+dir="$DOCKER_CONFIG"
 echo "$*" >> "$dir/log"
 [ "$1" = context ] || exit 64
 action="$2"; shift 2
@@ -47,7 +50,7 @@ def fake_docker(monkeypatch, tmp_path):
     script.write_text(FAKE_DOCKER)
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_DOCKER_DIR", str(state))
+    monkeypatch.setenv("DOCKER_CONFIG", str(state))  # docker gets this variable (and no secret)
     log = state / "log"
     log.write_text("")
     return log
@@ -65,7 +68,9 @@ PROPS = {
     "ca_cert": "CA",
     "client_cert": "CERT",
     "client_key": "KEY",
+    "owner": OWNER.as_dict(),
 }
+OURS = f"docker-machine-pulumi: machine dev of stack local ({OWNER.short_id})"
 
 
 def test_context_names_avoid_what_docker_refuses():
@@ -90,7 +95,7 @@ def test_create_update_delete(monkeypatch, tmp_path, home):
     assert (cert_dir / "key.pem").read_text() == "KEY"
     assert stat.S_IMODE((cert_dir / "key.pem").stat().st_mode) == 0o600
     state = (tmp_path / "docker-state" / "ctx-dev").read_text()
-    assert "description=docker-machine-pulumi: machine dev" in state
+    assert f"description={OURS}" in state
     assert f"docker=host=tcp://127.0.0.1:40001,ca={cert_dir}/ca.pem,cert={cert_dir}/cert.pem" in state
 
     news = {**PROPS, "url": "tcp://127.0.0.1:40002", "client_key": "KEY2"}
@@ -103,7 +108,7 @@ def test_create_update_delete(monkeypatch, tmp_path, home):
     assert not provider.diff("dev", updated.outs, dict(news)).changes
     assert provider.diff("dev", updated.outs, {**news, "machine_name": "other"}).replaces == ["machine_name"]
 
-    assert dockercontext.description_of("dev") == "docker-machine-pulumi: machine dev"
+    assert dockercontext.description_of("dev") == OURS
     provider.delete("dev", updated.outs)
     assert dockercontext.description_of("dev") is None
     assert not (tmp_path / "docker-state" / "ctx-dev").exists()
@@ -160,10 +165,53 @@ def test_the_resource_registers_with_the_key_as_a_secret():
             return {}
 
     pulumi.runtime.set_mocks(Mocks(), preview=False)
-    resource = dockercontext.DockerContext("dev-docker-context", "dev", "tcp://h:1", ClientTls("CA", "CERT", "KEY"))
+    resource = dockercontext.DockerContext("dev-docker-context", "dev", "tcp://h:1", ClientTls("CA", "CERT", "KEY"),
+                                           OWNER.as_dict())  # fmt: skip
     _sync_await(resource.urn.future())
     inputs = seen["pulumi-python:dynamic/docker:Context"]
     assert (inputs["machine_name"], inputs["url"], inputs["ca_cert"]) == ("dev", "tcp://h:1", "CA")
     # The private key reaches the engine as a secret (so it is encrypted in the state).
     secret = inputs["client_key"]
     assert isinstance(secret, dict) and secret["value"] == "KEY" and len(secret) == 2
+
+
+def test_a_context_the_user_made_is_left_as_it_was(monkeypatch, tmp_path, home, capsys):
+    log = fake_docker(monkeypatch, tmp_path)
+    (tmp_path / "docker-state" / "ctx-dev").write_text("description=mine\ndocker=host=tcp://elsewhere:1\n")
+    provider = dockercontext._ContextProvider()
+    outs = provider.create(dict(PROPS)).outs
+    assert outs["managed"] is False and outs["refused"] is True
+    assert "docker context dev exists and is one this project did not make: it is left as it was" in outs["note"]
+    assert "left as it was" in capsys.readouterr().err  # `up` says so
+    assert (tmp_path / "docker-state" / "ctx-dev").read_text() == "description=mine\ndocker=host=tcp://elsewhere:1\n"
+    assert not provider.diff("dev", outs, dict(PROPS)).changes  # the next up does not try again
+    provider.delete("dev", outs)
+    assert dockercontext.description_of("dev") == "mine"
+    assert "update" not in log.read_text() and "rm" not in log.read_text()
+
+
+def test_another_stacks_context_of_the_same_machine_name_is_left_alone(monkeypatch, tmp_path, home):
+    fake_docker(monkeypatch, tmp_path)
+    other = ownership.Owner("docker-machine", "team", "postgres://db:5432/pulumi")
+    dockercontext._ContextProvider().create({**PROPS, "owner": other.as_dict()})
+    outs = dockercontext._ContextProvider().create(dict(PROPS)).outs
+    assert outs["refused"] and "another stack's (docker-machine-pulumi: machine dev of stack team" in outs["note"]
+    # Its certificates went beside the other stack's: both machines stay reachable with `env`.
+    machines = home / ".docker" / "machine" / "machines"
+    assert ownership.read(str(machines / "dev")) == other and ownership.read(str(machines / "dev.local")) == OWNER
+
+
+def test_docker_machines_own_machine_directory_is_never_written(monkeypatch, tmp_path, home):
+    fake_docker(monkeypatch, tmp_path)
+    theirs = home / ".docker" / "machine" / "machines" / "dev"
+    theirs.mkdir(parents=True)
+    (theirs / "config.json").write_text("{}")
+    (theirs / "ca.pem").write_text("docker-machine's CA")
+    provider = dockercontext._ContextProvider()
+    outs = provider.create(dict(PROPS)).outs
+    assert outs["managed"] is True
+    assert sorted(os.listdir(theirs)) == ["ca.pem", "config.json"]
+    assert (theirs / "ca.pem").read_text() == "docker-machine's CA"
+    assert (theirs.parent / "dev.local" / "key.pem").read_text() == "KEY"
+    provider.delete("dev", outs)
+    assert sorted(os.listdir(theirs)) == ["ca.pem", "config.json"] and not (theirs.parent / "dev.local").exists()

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from components import config as stack_config
 from scripts.machinecli import formats, gotext
 from scripts.machinecli.formats import LsItem
 
@@ -253,6 +254,14 @@ def test_ls_format_table_and_rows():
     assert formats.ls_output(items, "{{.Name}}\\t{{.Stack}}\\t{{.ActiveHost}}") == "a    s    false\nb    s    false\n"
 
 
+def test_ls_format_shows_the_host_folders():
+    mounts = [{"path": "/home/u", "writable": True}, {"path": "/srv", "writable": False}]
+    shown = formats.mounts_shown({"mounts": mounts})
+    item = LsItem("a", "s", "qemu", "Running", mounts=shown)
+    assert formats.ls_output([item], "{{.Name}} {{.Mounts}}") == "a [/home/u /srv (read-only)]\n"
+    assert formats.ls_output([LsItem("g", "s", "generic", "Running")], "{{.Name}} {{.Mounts}}") == "g []\n"
+
+
 def test_ls_format_errors():
     with pytest.raises(gotext.TemplateError, match="Template parsing error"):
         formats.ls_output([LsItem("a", "s", "qemu", "Running")], "{{.Nope}}")
@@ -368,20 +377,27 @@ def test_inspect_record_has_docker_machines_shape():
         "name": "dev", "driver": "qemu", "ip": "127.0.0.1", "port": 40001, "url": "tcp://127.0.0.1:40001",
         "env": {"DOCKER_CERT_PATH": "/home/me/.docker/machine/machines/dev"},
         "ssh": {"host": "127.0.0.1", "port": 40022, "user": "docker"},
+        # What the served certificate names (tls_san, the address, localhost), not just what tls_san lists.
+        "serverCertSans": ["a.test", "127.0.0.1", "localhost"],
     }  # fmt: skip
     config = {"name": "dev", "engine": {"labels": ["env=dev"], "install_url": "https://x"}, "tls_san": ["a.test"]}
-    record = formats.host_record("dev", "local", info, config, "/home/me/.docker/machine")
+    (machine,) = stack_config.parse([config]).machines
+    record = formats.host_record("dev", "local", info, machine, "/home/me/.docker/machine")
     assert list(record) == ["ConfigVersion", "Driver", "DriverName", "HostOptions", "Name", "Stack", "Outputs"]
     assert list(record["HostOptions"]) == ["Driver", "Memory", "Disk", "EngineOptions", "SwarmOptions", "AuthOptions"]
     text = formats.inspect_output(record)
     assert text.startswith('{\n    "ConfigVersion": 3,\n    "Driver": {\n        "IPAddress": "127.0.0.1",\n')
     assert text.endswith('    "Name": "dev",\n    "Stack": "local",\n' + text[text.index('    "Outputs"') :])
     assert json.loads(text)["HostOptions"]["EngineOptions"]["Labels"] == ["env=dev"]
-    assert json.loads(text)["HostOptions"]["AuthOptions"]["ServerCertSANs"] == ["a.test"]
+    assert json.loads(text)["HostOptions"]["AuthOptions"]["ServerCertSANs"] == ["a.test", "127.0.0.1", "localhost"]
+    engine = json.loads(text)["HostOptions"]["EngineOptions"]
+    assert list(engine) == ["ArbitraryFlags", "Dns", "GraphDir", "Env", "Ipv6", "InsecureRegistry", "Labels",
+                            "LogLevel", "StorageDriver", "SelinuxEnabled", "TlsVerify", "RegistryMirror", "InstallURL"]
+    assert (engine["StorageDriver"], engine["InstallURL"], engine["TlsVerify"]) == ("overlay2", "https://x", True)
     assert formats.inspect_output(record, "{{.Driver.IPAddress}}") == "127.0.0.1\n"
     assert formats.inspect_output(record, "{{.Driver.SSHPort}} {{json .DriverName}}") == '40022 "qemu"\n'
     assert formats.inspect_output(record, "{{prettyjson .HostOptions.AuthOptions.ServerCertSANs}}") == (
-        '[\n    "a.test"\n]\n'
+        '[\n    "a.test",\n    "127.0.0.1",\n    "localhost"\n]\n'
     )
     with pytest.raises(gotext.TemplateError, match="template parsing error"):
         formats.inspect_output(record, "{{.Driver")

@@ -13,7 +13,7 @@ import traceback
 
 import pytest
 
-from components import drivers, outputs
+from components import drivers, outputs, ownership
 from components.drivers.base import BaseDriver, Driver
 from components.errors import StepError
 from components.model import StrictModel
@@ -53,7 +53,7 @@ def test_the_program_exports_what_the_output_models_read():
     assert set(parsed.machines) == {"default", "web"}
     web = parsed.machines["web"]
     assert web.url == f"tcp://{web.ip}:{web.port}" and web.env["DOCKER_HOST"] == web.url
-    assert web.env["DOCKER_CERT_PATH"] == outputs.cert_path("web")
+    assert web.env["DOCKER_CERT_PATH"] == outputs.cert_path("web", ownership.current("docker-machine", "unit"))
     assert web.details["instanceDir"].endswith(os.path.join("qemu", "web"))
     # A swarm's outputs only come with a swarm (tests/unit/test_swarm.py).
     assert set(program.outputs) == set(outputs.OUTPUT_NAMES.values()) - {"swarm", "swarmJoinTokens"}
@@ -68,14 +68,18 @@ def test_the_component_registers_every_output():
     assert annotated and all(f'"{name}"' in registered for name in annotated)
 
 
-def test_client_cert_files_are_written_atomically_with_modes(tmp_path):
-    directory = tmp_path / "m"
-    outputs.write_client_certs(str(directory), "CA", "CERT", "KEY")
+def test_client_cert_files_are_written_atomically_with_modes_and_their_owner(tmp_path):
+    directory, owner = tmp_path / "m", ownership.Owner("docker-machine", "unit", "file:///b")
+    outputs.write_client_certs(str(directory), owner, "CA", "CERT", "KEY")
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in directory.iterdir()} == {
-        "ca.pem": "0o644", "cert.pem": "0o644", "key.pem": "0o600"
+        "ca.pem": "0o644", "cert.pem": "0o644", "key.pem": "0o600", ".owner.json": "0o600"
     }  # fmt: skip
     assert oct(directory.stat().st_mode & 0o777) == "0o700"
-    outputs.remove_client_certs(str(directory))
+    other = ownership.Owner("docker-machine", "unit", "postgres://db/pulumi")
+    with pytest.raises(ownership.NotOurs, match="belongs to stack \"unit\" on file:///b"):
+        outputs.write_client_certs(str(directory), other, "CA2", "CERT2", "KEY2")
+    assert not outputs.remove_client_certs(str(directory), other) and (directory / "key.pem").read_text() == "KEY"
+    assert outputs.remove_client_certs(str(directory), owner)
     assert not directory.exists()
 
 

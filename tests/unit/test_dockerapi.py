@@ -1,6 +1,6 @@
 """The API check: what it contacts and when."""
 
-from components import dockerapi
+from components.steps import dockerapi
 
 PROPS = {
     "host": "127.0.0.1", "port": 9, "ca_cert": "CA", "client_cert": "C", "client_key": "K",

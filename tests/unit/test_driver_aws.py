@@ -131,8 +131,11 @@ def test_default_instance_settings(default):
     assert root["volumeSize"] == 16 and root["volumeType"] == "gp3" and root["deleteOnTermination"] is True
     assert inputs["metadataOptions"]["httpTokens"] == "required"
     assert inputs.get("monitoring") is False
-    for absent in ("iamInstanceProfile", "instanceMarketOptions", "userData", "userDataBase64", "ebsOptimized"):
+    for absent in ("iamInstanceProfile", "instanceMarketOptions", "userDataBase64", "ebsOptimized"):
         assert absent not in inputs
+    # The SSH host key we made, the one every dial pins, and nothing else.
+    user_data = inputs["userData"]
+    assert len(common.user_data_parts(user_data)) == 1 and common.host_key_installed(user_data) == STACK_PUBLIC
 
 
 def test_security_group_opens_ssh_and_the_engine_port_to_anywhere_by_default(default):
@@ -176,6 +179,7 @@ def test_ssh_as_ubuntu_on_the_public_address_with_the_stacks_key(default):
         "port": 22,
         "user": "ubuntu",
         "private_key": STACK_PRIVATE,
+        "host_key": STACK_PUBLIC,
         "dial_error_limit": 120,
         "per_dial_timeout": 10,
     }
@@ -368,17 +372,17 @@ def test_spot_instance_without_a_price_is_capped_at_on_demand(graviton):
     assert market["marketType"] == "spot" and "maxPrice" not in market["spotOptions"]
 
 
-def test_user_data_file_is_sent_as_is(custom):
-    assert instance(custom).inputs["userData"] == USER_DATA
+def test_user_data_file_is_sent_after_the_host_key(custom):
+    """The user's own user-data goes to cloud-init as a second part, as it is; the first installs our host key."""
+    user_data = instance(custom).inputs["userData"]
+    assert common.user_data_parts(user_data)[1] == USER_DATA
+    assert common.host_key_installed(user_data) == STACK_PUBLIC
 
 
-def test_binary_user_data_goes_base64(graviton):
-    import base64
-    import gzip
-
+def test_gzipped_user_data_is_sent_as_its_text(graviton):
     inputs = instance(graviton).inputs
-    assert gzip.decompress(base64.b64decode(inputs["userDataBase64"])) == b"#cloud-config\n"
-    assert "userData" not in inputs
+    assert common.user_data_parts(inputs["userData"])[1] == "#cloud-config\n"
+    assert "userDataBase64" not in inputs
 
 
 def test_user_tags_are_merged_with_name(custom):

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.unit import drivers_common as common
 from tests.unit.conftest import Program, run_program
-from tests.unit.drivers_common import STACK_PRIVATE, STACK_PUBLIC, connection, one, write_key
+from tests.unit.drivers_common import STACK_PRIVATE, STACK_PUBLIC, connection, one, plain, write_key
 
 RG_T = "azure-native:resources:ResourceGroup"
 VNET_T = "azure-native:network:VirtualNetwork"
@@ -131,9 +131,12 @@ def test_vm_is_ubuntu_lts_with_key_only_login_for_docker_user(default):
     os_disk = vm["storageProfile"]["osDisk"]
     assert os_disk["createOption"] == "FromImage" and os_disk["managedDisk"]["storageAccountType"] == "StandardSSD_LRS"
     assert os_disk["deleteOption"] == "Delete"
-    profile = vm["osProfile"]
+    # A secret as a whole: its custom data holds the SSH host key we made, the only one sshd gets.
+    profile = plain(vm["osProfile"])
     assert profile["adminUsername"] == "docker-user" and profile["computerName"] == "web"
-    assert "adminPassword" not in profile and "customData" not in profile
+    assert "adminPassword" not in profile
+    custom_data = base64.b64decode(profile["customData"]).decode()
+    assert len(common.user_data_parts(custom_data)) == 1 and common.host_key_installed(custom_data) == STACK_PUBLIC
     linux = profile["linuxConfiguration"]
     assert linux["disablePasswordAuthentication"] is True
     assert linux["ssh"]["publicKeys"] == [
@@ -219,7 +222,7 @@ def test_location_size_image_disk_and_tags(custom):
 
 
 def test_own_private_key_replaces_the_stacks(custom):
-    public_key = one(custom, VM_T).inputs["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"][0]["keyData"]
+    public_key = plain(one(custom, VM_T).inputs["osProfile"])["linuxConfiguration"]["ssh"]["publicKeys"][0]["keyData"]
     assert public_key.startswith("ssh-ed25519 ") and public_key != STACK_PUBLIC
     private_key = connection(custom)["private_key"]
     assert private_key.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
@@ -229,7 +232,7 @@ def test_own_private_key_replaces_the_stacks(custom):
 
 
 def test_admin_user_can_be_renamed(custom):
-    profile = one(custom, VM_T).inputs["osProfile"]
+    profile = plain(one(custom, VM_T).inputs["osProfile"])
     assert profile["adminUsername"] == "ops"
     assert profile["linuxConfiguration"]["ssh"]["publicKeys"][0]["path"] == "/home/ops/.ssh/authorized_keys"
     assert connection(custom)["user"] == "ops"
@@ -267,9 +270,10 @@ def test_allowed_cidrs_narrow_ssh_and_engine_separately(custom):
     assert rules["DockerAllowAny"]["sourceAddressPrefixes"] == ["203.0.113.0/24", "2001:db8::/32"]
 
 
-def test_custom_data_is_base64(custom):
-    vm = one(custom, VM_T).inputs
-    assert base64.b64decode(vm["osProfile"]["customData"]) == CUSTOM_DATA
+def test_custom_data_is_base64_after_the_host_key(custom):
+    custom_data = base64.b64decode(plain(one(custom, VM_T).inputs["osProfile"])["customData"]).decode()
+    assert common.user_data_parts(custom_data)[1] == CUSTOM_DATA.decode()
+    assert common.host_key_installed(custom_data)
 
 
 @pytest.fixture(scope="module")

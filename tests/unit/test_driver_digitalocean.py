@@ -83,7 +83,9 @@ def test_droplet_defaults(default):
     assert inputs["sshKeys"] == [UPLOADED_FINGERPRINT]
     assert droplet.property_dependencies["sshKeys"] == [one(default, KEY_T).urn]
     assert inputs["ipv6"] is False and inputs["backups"] is False and inputs["monitoring"] is False
-    for absent in ("vpcUuid", "tags", "userData", "publicNetworking"):
+    user_data = inputs["userData"]
+    assert len(common.user_data_parts(user_data)) == 1 and common.host_key_installed(user_data) == STACK_PUBLIC
+    for absent in ("vpcUuid", "tags", "publicNetworking"):
         assert absent not in inputs
 
 
@@ -137,7 +139,8 @@ def test_region_size_image_ipv6_vpc_backups_monitoring_tags(tmp_path):
     assert inputs["ipv6"] is True and inputs["backups"] is True and inputs["monitoring"] is True
     assert inputs["vpcUuid"] == "c140286f-e6ce-4131-8b7b-df4590ce8d6a"
     assert inputs["tags"] == ["docker", "env:dev"]  # docker-machine's comma list
-    assert inputs["userData"] == "#!/bin/sh\necho hello\n"  # sent raw, like docker-machine
+    # As it is, like docker-machine, after the part that installs the SSH host key.
+    assert common.user_data_parts(inputs["userData"])[1] == "#!/bin/sh\necho hello\n"
 
 
 def test_existing_key_by_fingerprint_with_its_private_key(tmp_path):

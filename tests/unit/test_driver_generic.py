@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from components import config, provisioning, tls
+from components import config
 from components.config import ConfigError
+from components.steps import provisioning, tls
 from tests.unit.conftest import run_program
 from tests.unit.test_graph import CMD_T, STAGES, is_secret, plain
 

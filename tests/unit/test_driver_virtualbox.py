@@ -4,28 +4,31 @@ the resource graph under Pulumi mocks; and config validation."""
 
 from __future__ import annotations
 
-import http.server
+import hashlib
 import io
 import json
 import os
 import tarfile
-import threading
 
 import pulumi
 import pycdlib
 import pytest
 import yaml
 
-from components import config
+from components import config, ownership
 from components.config import ConfigError
 from components.drivers import virtualbox as vb
-from tests.fakes.http import send
+from components.drivers._vbox import colon_mac
+from components.steps import tls
+from tests.fakes.http import https_files
 from tests.unit import fake_vbox as fake
 from tests.unit.conftest import Program, run_program
 
 GiB = 1024**3
 VM_T = "pulumi-python:dynamic/virtualbox:Vm"
 SSH_PORT = 42222
+HOST_KEY = tls.new_ssh_key()
+OWNER = ownership.Owner("docker-machine", "unit", "file:///state/backend")
 
 
 @pytest.fixture
@@ -59,6 +62,9 @@ def props(image, tmp_path):
             "disk": 20000,
             "ssh_user": "docker",
             "authorized_key": "ssh-ed25519 AAAAC3Nza-test-public",
+            "host_key": HOST_KEY[0],
+            "host_key_public": HOST_KEY[1],
+            "owner": OWNER.as_dict(),
             "hostonly_cidr": "192.168.56.1/24",
             "nat_nictype": "82540EM",
             "hostonly_nictype": "82540EM",
@@ -185,8 +191,8 @@ def test_seed_carries_user_key_and_static_hostonly_address(world, props):
     net = yaml.safe_load(network)
     assert net["version"] == 2
     nat, hostonly = net["ethernets"]["nat"], net["ethernets"]["hostonly"]
-    assert nat == {"match": {"macaddress": vb.colon_mac(outs["nat_mac"])}, "dhcp4": True}
-    assert hostonly["match"] == {"macaddress": vb.colon_mac(outs["hostonly_mac"])}
+    assert nat == {"match": {"macaddress": colon_mac(outs["nat_mac"])}, "dhcp4": True}
+    assert hostonly["match"] == {"macaddress": colon_mac(outs["hostonly_mac"])}
     assert hostonly["addresses"] == ["192.168.56.2/24"] and hostonly["dhcp4"] is False
     assert "routes" not in hostonly and "gateway4" not in hostonly  # the NAT NIC keeps the default route
 
@@ -249,6 +255,8 @@ def test_name_collision_with_another_vm(world, props, tmp_path):
 
 def test_leftover_of_an_interrupted_create_is_replaced(world, props):
     leftover = world.add_vm("vb1", props()["instance_dir"], state=fake.MachineState.Running)
+    os.makedirs(props()["instance_dir"], exist_ok=True)
+    ownership.write(props()["instance_dir"], OWNER)  # our own create, interrupted
     outs = create(props())
     assert leftover.uuid not in world.machines and outs["vm_id"] in world.machines
     assert in_order(world.names(), ["IConsole.powerDown", "IMachine.unregister", "IVirtualBox.createMachine"])
@@ -312,27 +320,14 @@ def test_ova_disk_is_extracted_once_into_the_cache(world, props, tmp_path):
     assert opened[0].endswith("noble-disk1.vmdk")
 
 
-def test_image_url_is_downloaded_once(world, props, tmp_path):
-    served = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            served.append(self.path)
-            send(self, b"KDMV" + b"\0" * 64)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/images/cloud.vmdk"
-        create(props("a", image=url))
-        create(props("b", image=url))
-    finally:
-        server.shutdown()
-    assert served == ["/images/cloud.vmdk"]
+def test_image_url_is_downloaded_once(world, props, pki, monkeypatch):
+    body = b"KDMV" + b"\0" * 64
+    with https_files({"/images/cloud.vmdk": body}, pki, monkeypatch) as server:
+        url = f"{server.base}/images/cloud.vmdk"
+        sha256 = hashlib.sha256(body).hexdigest()
+        create(props("a", image=url, image_sha256=sha256))
+        create(props("b", image=url, image_sha256=sha256))
+    assert server.served == ["/images/cloud.vmdk"]
 
 
 # --- read: docker-machine's state mapping -----------------------------------------------------------------------------
@@ -433,6 +428,39 @@ def test_hardware_change_power_cycles_the_vm(world, props):
     vm = world.machine_named("vb1")
     assert (vm.cpus, vm.memory, vm.state) == (2, 2048, fake.MachineState.Running)
     assert outs["state"] == "running" and outs["ip"] == "192.168.56.2"
+
+
+def test_mounts_are_shared_folders_and_a_change_power_cycles_keeping_the_disk(world, props, tmp_path):
+    first, second = tmp_path / "proj", tmp_path / "data"
+    first.mkdir()
+    second.mkdir()
+    outs = create(props(mounts=[{"path": str(first), "writable": True}]))
+    vm = world.machine_named("vb1")
+    assert [(f.name, f.hostPath, f.writable, f.autoMount) for f in vm.shared_folders.values()] == [
+        ("mount0", str(first), True, False)  # the guest mounts it itself, at the same path (fstab)
+    ]
+    disk = vm.attachments[(vb.CONTROLLER, 0, 0)][1]
+    mark = len(world.calls)
+    update(outs, mounts=[{"path": str(second), "writable": False}])
+    assert in_order(since(world, mark), ["IConsole.powerButton", "IMachine.removeSharedFolder",
+                                         "IMachine.createSharedFolder", "IMachine.launchVMProcess"])  # fmt: skip
+    assert [(f.hostPath, f.writable) for f in vm.shared_folders.values()] == [(str(second), False)]
+    assert vm.attachments[(vb.CONTROLLER, 0, 0)][1] is disk and vm.state == fake.MachineState.Running
+
+
+def test_mounts_none_shares_nothing(world, props):
+    create(props(mounts=[]))
+    assert world.machine_named("vb1").shared_folders == {}
+    assert "IMachine.createSharedFolder" not in world.names()
+
+
+def test_graph_shares_the_home_by_default_and_mounts_it_in_the_guest(world, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    program = run({})
+    assert program.named("vb1-vm").inputs["mounts"] == [{"path": str(tmp_path), "writable": True}]
+    script = program.named("vb1-mounts").inputs["stdin"]
+    assert f"mount0 {tmp_path} vboxsf rw,uid=1000,gid=1000,nofail 0 0" in script
+    assert program.named("vb1-wait-for-ssh").urn in program.named("vb1-mounts").dependencies
 
 
 def test_hardware_change_of_a_saved_vm_discards_its_saved_state(world, props):
@@ -656,7 +684,8 @@ def test_graph_address_goes_into_the_certificate_and_the_client_url(world):
     assert '"user": "docker"' in connection
     out = program.outputs["machines"]["vb1"]
     assert (out["driver"], out["ip"], out["url"]) == ("virtualbox", VM_OUTS["ip"], "tcp://192.168.56.7:3376")
-    assert out["ssh"] == {"host": "127.0.0.1", "port": VM_OUTS["ssh_port"], "user": "docker"}
+    assert out["ssh"] == {"host": "127.0.0.1", "port": VM_OUTS["ssh_port"], "user": "docker",
+                          "hostKey": "ssh-ed25519 AAAA test"}  # fmt: skip
     assert out["env"]["DOCKER_HOST"] == "tcp://192.168.56.7:3376"
     assert out["privateIp"] == VM_OUTS["ip"]  # the host-only address is where the stack's other VMs reach it
 
@@ -754,7 +783,8 @@ def test_bad_hostonly_ip(ip):
         ({"cpus": 33}, "cpus", "between 1 and 32, or -1"),
         ({"cpus": -2}, "cpus", "between 1 and 32, or -1"),
         ({"disk": 1000}, "disk", "greater than or equal to 4096"),
-        ({"image": "ubuntu.qcow2"}, "image", "absolute path or an http(s) URL"),
+        ({"image": "ubuntu.qcow2"}, "image", "absolute path or an https URL"),
+        ({"image": "http://example.test/disk.vmdk"}, "image", "must be https:// URLs"),
         ({"image": "/images/ubuntu.qcow2"}, "image", "VMDK, VDI, OVA"),
         ({"image": "https://example.test/disk.img"}, "image", "VMDK, VDI, OVA"),
         ({"nat_nictype": "e1000"}, "nat_nictype", "'82540EM'"),
@@ -775,8 +805,14 @@ def test_unknown_option_lists_the_allowed_ones():
 
 
 def test_image_forms_accepted():
-    for image in ("/srv/images/noble.ova", "~/images/disk.vdi", "https://example.test/a/noble.vmdk?sig=1"):
+    for image in ("/srv/images/noble.ova", "~/images/disk.vdi"):
         assert machines(image=image)[0].options.image == image
+    url = "https://example.test/a/noble.vmdk?sig=1"
+    assert machines(image=url, image_sha256="a" * 64)[0].options.image_checksum == "a" * 64
+    # The default image is checked against its publisher's SHA256SUMS; another URL needs its checksum.
+    assert machines()[0].options.image_checksum == "published"
+    with pytest.raises(ConfigError, match="image_sha256 is required"):
+        machines(image=url)
 
 
 def test_virtualbox_supports_power_states():

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from components import provisioning
-from components.config import EngineOptions
+from components.model import EngineOptions
+from components.steps import hostenv, provisioning
 from tests.unit.conftest import Program, Registered, run_program
 
 CA_T = "pulumi-python:dynamic/tls:CertificateAuthority"
@@ -98,12 +98,16 @@ def test_one_machine_registers_exactly_these_resources(one):
             (CA_T, "unit-tls"),
             (COMPONENT_T, "default"),
             (SSH_T, "default-ssh-key"),
+            # The SSH host key we make and the VM's sshd is given: every dial pins it.
+            (SSH_T, "default-host-key"),
             (VM_T, "default-vm"),
             (CERT_T, "default-server-cert"),
             (CMD_T, "default-wait-for-ssh"),
             (CMD_T, "default-install-docker"),
             (CMD_T, "default-tls"),
             (CMD_T, "default-daemon-config"),
+            # The host folders the VM shares, mounted in the guest (issue 19).
+            (CMD_T, "default-mounts"),
             (CHECK_T, "default-docker-check"),
             (CONTEXT_T, "default-docker-context"),
             # Published container ports of a user-mode QEMU VM reach the host through it (issue 11).
@@ -148,7 +152,8 @@ def test_scripts_go_to_stdin_not_the_command_line(one):
     engine = EngineOptions()
     expected = {
         "wait-for-ssh": provisioning.WAIT_FOR_BOOT,
-        "install-docker": provisioning.install_script(engine),
+        # No proxy here: a proxy configured before is removed from apt's configuration.
+        "install-docker": hostenv.apt_script({}) + provisioning.install_script(engine),
         "daemon-config": provisioning.daemon_script(engine, "qemu", SERVER_OUTS["serial"]),
     }
     for s in STAGES:
@@ -251,9 +256,10 @@ def test_one_ca_per_stack_shared_by_two_machines():
     program = run([{"name": "a"}, {"name": "b"}])
     (ca,) = program.of_type(CA_T)
     assert ca.name == "unit-tls"
-    for kind in (SSH_T, VM_T, CERT_T, CHECK_T, COMPONENT_T):
+    assert len(program.of_type(SSH_T)) == 4  # a login key and a host key each
+    for kind in (VM_T, CERT_T, CHECK_T, COMPONENT_T):
         assert len(program.of_type(kind)) == 2, kind
-    assert len(program.of_type(CMD_T)) == 8
+    assert len(program.of_type(CMD_T)) == 10  # four provisioning steps and the mounts step each
     for name in ("a", "b"):
         other = "b" if name == "a" else "a"
         cert = program.named(f"{name}-server-cert")
@@ -282,7 +288,9 @@ def test_outputs(one):
     url = f"tcp://{VM_OUTS['ip']}:{VM_OUTS['engine_host_port']}"
     assert m["ip"] == VM_OUTS["ip"]
     assert m["url"] == url
-    assert m["ssh"] == {"host": VM_OUTS["ssh_host"], "port": VM_OUTS["ssh_port"], "user": "core"}
+    assert m["ssh"] == {"host": VM_OUTS["ssh_host"], "port": VM_OUTS["ssh_port"], "user": "core",
+                        "hostKey": SSH_PUBLIC}  # fmt: skip
+    assert m["serverCertSans"] == ["docker.example.test", VM_OUTS["ip"], "localhost"]
     assert m["dockerVersion"] == "24.0.7"
     assert m["driver"] == "qemu"
     # `docker-machine env`: exactly these four variables, in this order

@@ -27,8 +27,10 @@ from pulumi_policy.deserialize import deserialize_properties
 from pulumi_policy.policy import _NotApplicableError
 from pulumi_policy.proxy import UnknownValueError, unknown_checking_proxy
 
-from components import dockerd, outputs, policy_settings, provisioning
+from components import dockerd, drivers, outputs, policy_settings
+from components.drivers.qemu.vm import VM as QEMU_VM
 from components.model import EngineOptions
+from components.steps import provisioning
 from policy import rules
 from tests.unit import test_driver_aws, test_driver_azure, test_driver_digitalocean, test_graph
 from tests.unit.conftest import Program, Registered
@@ -36,7 +38,10 @@ from tests.unit.conftest import Program, Registered
 pytestmark = pytest.mark.filterwarnings("ignore:.*has been deprecated in favor of:DeprecationWarning")
 
 STACK_URN = "urn:pulumi:unit::docker-machine::pulumi:pulumi:Stack::docker-machine-unit"
-AWS_INSTANCE, AZURE_VM, DO_DROPLET = list(rules.CLOUD_VMS)
+AWS_INSTANCE, AZURE_VM, DO_DROPLET = (drivers.load(name).vm.type for name in ("aws", "azure", "digitalocean"))
+AWS_SECURITY_GROUP, AZURE_NSG, DO_FIREWALL = (
+    drivers.load(name).firewall.type for name in ("aws", "azure", "digitalocean")
+)
 
 
 @pytest.fixture(autouse=True)
@@ -167,7 +172,7 @@ def test_daemon_tls_without_a_tcp_listener_passes():
 def test_daemon_tls_reports_a_command_line_it_cannot_read():
     machines, program = qemu()
     (daemon,) = step(program, "daemon-config")
-    broken = daemon.inputs["stdin"].replace("--storage-driver overlay2", "--storage-driver overlay2 --frobnicate")
+    broken = daemon.inputs["stdin"].replace('--storage-driver "overlay2"', '--storage-driver "overlay2" --frobnicate')
     ((_, message),) = violations(stack_of(machines), "daemon-tls", [with_stdin(daemon, broken)])
     assert "machine pm: dockerd's command line cannot be checked (--frobnicate is not a dockerd flag)" in message
 
@@ -228,9 +233,9 @@ def test_insecure_registries_only_on_production_stacks(unknown):
 NARROW = {"ssh": ["203.0.113.7/32"], "engine": ["203.0.113.7/32"], "open_ports": ["203.0.113.0/24"]}
 OPEN_PORTS_ANYWHERE = {**NARROW, "open_ports": ["0.0.0.0/0"]}
 CLOUDS = {
-    "aws": (test_driver_aws.run, rules.AWS_SECURITY_GROUP, "instance_type", "t3.small"),
-    "azure": (test_driver_azure.run, rules.AZURE_NSG, "size", "Standard_B2s"),
-    "digitalocean": (test_driver_digitalocean.run, rules.DO_FIREWALL, "size", "s-1vcpu-1gb"),
+    "aws": (test_driver_aws.run, AWS_SECURITY_GROUP, "instance_type", "t3.small"),
+    "azure": (test_driver_azure.run, AZURE_NSG, "size", "Standard_B2s"),
+    "digitalocean": (test_driver_digitalocean.run, DO_FIREWALL, "size", "s-1vcpu-1gb"),
 }
 
 
@@ -313,13 +318,13 @@ def exported(program: Program, extra: dict[str, dict] | None = None) -> dict[str
     """``pulumi stack export``'s resources after an ``up`` of ``program``: a VM's outputs are its inputs and more."""
     found = {}
     for r in program.resources:
-        outs = {**test_graph.plain(r.inputs), **(test_graph.VM_OUTS if r.typ == outputs.QEMU_VM.token else {})}
+        outs = {**test_graph.plain(r.inputs), **(test_graph.VM_OUTS if r.typ == QEMU_VM.token else {})}
         found[r.urn] = {"urn": r.urn, "type": r.typ, "outputs": {**outs, **(extra or {}).get(r.name, {})}}
     return found
 
 
 def vm_of(program: Program) -> Registered:
-    (vm,) = [r for r in program.resources if r.typ in {*rules.LOCAL_VMS, *rules.CLOUD_VMS}]
+    (vm,) = [r for r in program.resources if r.typ in drivers.vm_types()]
     return vm
 
 
@@ -370,7 +375,7 @@ def test_vm_replaced_reads_no_state_for_a_stack_without_vms():
         raise AssertionError("the last deployment was read")
 
     stack.previous = unexpected
-    without_vms = Program([r for r in program.resources if r.typ != outputs.QEMU_VM.token])
+    without_vms = Program([r for r in program.resources if r.typ != QEMU_VM.token])
     assert stack_violations(stack, "vm-replaced", without_vms) == []
 
 

@@ -10,7 +10,8 @@ import os
 import pytest
 
 from components import outputs
-from scripts.machinecli import preview
+from components.drivers.qemu.vm import VM as QEMU_VM
+from scripts.machinecli import changes as preview
 
 GOLDEN = os.path.join(os.path.dirname(os.path.dirname(__file__)), "golden", "preview")
 CASES = sorted(name.removesuffix(".preview.json") for name in os.listdir(GOLDEN) if name.endswith(".preview.json"))
@@ -53,6 +54,14 @@ def report_of(*steps: dict, events: list[dict] | None = None) -> preview.Report:
     return preview.build({"steps": [machine_step(), *steps]}, events or [], "s", [], False)
 
 
+# Where each cloud's firewall holds its inbound rules.
+INGRESS_INPUTS = {
+    "aws:ec2/securityGroup:SecurityGroup": "ingress",
+    "azure-native:network:NetworkSecurityGroup": "securityRules",
+    "digitalocean:index/firewall:Firewall": "inboundRules",
+}
+
+
 @pytest.mark.parametrize(
     ("type_", "old_rules", "new_rules", "expected"),
     [
@@ -79,7 +88,7 @@ def report_of(*steps: dict, events: list[dict] | None = None) -> preview.Report:
     ],
 )  # fmt: skip
 def test_a_cloud_firewall_opened_to_anywhere_is_a_warning(type_, old_rules, new_rules, expected):
-    key = outputs.INGRESS_INPUTS[type_]
+    key = INGRESS_INPUTS[type_]
     report = report_of(step("update", type_, "m1-firewall", {key: old_rules}, {key: new_rules}, diffReasons=[key]))
     assert [c.text for c in report.machines[0].consequences] == [expected]
     assert report.warnings == [f"m1: {expected}"]
@@ -139,7 +148,7 @@ def test_policy_results_are_attributed_to_their_machine_and_mandatory_ones_warn(
         {"resourceUrn": urn, "policyName": "install-url-https", "policyPackName": "p",
          "enforcementLevel": "mandatory", "message": "Install over https.\nm1: http://x"},
     ]  # fmt: skip
-    report = report_of(step("same", outputs.QEMU_VM.token, "m1-vm", {}, {}), events=events)
+    report = report_of(step("same", QEMU_VM.token, "m1-vm", {}, {}), events=events)
     assert [(p.policy, p.level, p.machine) for p in report.policies] == [
         ("install-url-https", "mandatory", "m1"), ("docker-context", "advisory", "m1"),
     ]  # fmt: skip
@@ -163,7 +172,7 @@ def test_markdown_stays_under_the_comment_limit_and_says_what_it_cut():
 
 
 def test_the_json_form_is_versioned_and_complete():
-    report = report_of(step("delete", outputs.QEMU_VM.token, "m1-vm", {"cpus": 2}, None))
+    report = report_of(step("delete", QEMU_VM.token, "m1-vm", {"cpus": 2}, None))
     document = json.loads(preview.as_json(report))
     assert document["version"] == preview.REPORT_VERSION
     assert set(document) == {"version", "stack", "failed", "hasChanges", "changes", "warnings", "machines",
@@ -195,7 +204,7 @@ def test_a_machine_removed_from_its_swarm_says_it_is_drained_and_leaves():
         return {"op": "delete", "urn": urn, "oldState": state}
 
     report = preview.build({"steps": [machine_step("delete"), *(swarm_step(s) for s in ("ready", "join", "remove")),
-                                      step("delete", outputs.QEMU_VM.token, "m1-vm", {"name": "m1"}, None)]},
+                                      step("delete", QEMU_VM.token, "m1-vm", {"name": "m1"}, None)]},
                            [], "s", [], False)  # fmt: skip
     (machine,) = report.machines
     assert machine.action == "delete"

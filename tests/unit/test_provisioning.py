@@ -17,8 +17,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from components import dockerd, provisioning
-from components.config import EngineOptions
+from components import dockerd
+from components.model import EngineOptions
+from components.steps import provisioning
 
 SH = shutil.which("sh") or "/bin/sh"
 
@@ -103,7 +104,7 @@ FULL = dict(
 )
 
 
-def test_flags_in_docker_machine_order():
+def test_flags_listeners_then_tls_then_the_engine_options_in_their_order():
     argv = exec_start_argv(provisioning.dropin(engine(**FULL), "qemu"))
     assert argv[:2] == ["/usr/bin/env", "dockerd"]
     flags = argv[2:]
@@ -111,18 +112,17 @@ def test_flags_in_docker_machine_order():
     assert flags[:2] == ["-H", "tcp://0.0.0.0:3376"]
     # a local socket is kept for `docker` on the host (docker-machine: unix://; socket activation: fd://)
     assert {h for h in pairs(flags, "-H")} & {"fd://", "unix:///var/run/docker.sock"}
-    # storage driver, then TLS with the three certificates under /etc/docker
-    s = flags.index("--storage-driver")
-    assert flags[s + 1] == "zfs"
+    # TLS with the three certificates under /etc/docker
     t = flags.index("--tlsverify")
-    assert s < t
     assert flags[t + 1 : t + 7] == [
         "--tlscacert", "/etc/docker/ca.pem",
         "--tlscert", "/etc/docker/server.pem",
         "--tlskey", "/etc/docker/server-key.pem",
     ]  # fmt: skip
-    # then labels (user labels, provider last), insecure registries, mirrors, engine opts as --flag=value
+    # then the engine options in the model's order (storage driver, labels with the provider last, insecure
+    # registries, mirrors), then engine opts as --flag=value
     assert flags[t + 7 :] == [
+        "--storage-driver", "zfs",
         "--label", "env=dev",
         "--label", "team=a b",
         "--label", "provider=qemu",
@@ -202,9 +202,9 @@ def test_dockerd_args_reads_back_the_flags_the_script_sends():
     args = provisioning.dockerd_args(provisioning.daemon_script(engine(**FULL), "qemu", "abc"))
     assert args == [
         "-H", "tcp://0.0.0.0:3376", "-H", "fd://", "--containerd=/run/containerd/containerd.sock",
-        "--storage-driver", "zfs", "--tlsverify", "--tlscacert", "/etc/docker/ca.pem",
+        "--tlsverify", "--tlscacert", "/etc/docker/ca.pem",
         "--tlscert", "/etc/docker/server.pem", "--tlskey", "/etc/docker/server-key.pem",
-        "--label", "env=dev", "--label", "team=a b", "--label", "provider=qemu",
+        "--storage-driver", "zfs", "--label", "env=dev", "--label", "team=a b", "--label", "provider=qemu",
         "--insecure-registry", "10.0.0.0/8", "--insecure-registry", "registry.local:5000",
         "--registry-mirror", "https://mirror.local", "--log-level=debug", "--experimental",
     ]  # fmt: skip

@@ -13,8 +13,11 @@ import pycdlib
 import pytest
 import yaml
 
-from components import seed
-from components.drivers import _bridge, qemu
+from components import cloudinit as seed
+from components.drivers.qemu import bridge as _bridge
+from components.drivers.qemu import vm as qemu
+from components.drivers.qemu.options import Options
+from components.steps import tls
 
 # --- detect_accel ------------------------------------------------------------------------------------------
 
@@ -110,6 +113,7 @@ def values(cmd: list[str], option: str) -> list[str]:
     return [cmd[i + 1] for i, a in enumerate(cmd) if a == option]
 
 
+HOST_KEY = tls.new_ssh_key()
 D = "/state/qemu/default"
 PROPS = {"instance_dir": D, "name": "default", "cpus": 3, "memory": 3072, "network": "user", "engine_port": 2376}
 OUTS = {"accel": "kvm", "ssh_port": 40022, "engine_host_port": 42376, "mac": "52:54:00:12:34:56", "tap": None}
@@ -216,8 +220,9 @@ VM_STATE = {**VM_INPUTS, "ip": "127.0.0.1", "ssh_port": 40022, "engine_host_port
 
 @pytest.fixture(autouse=True)
 def vm_process_alive(monkeypatch):
-    """The VM of VM_STATE runs: its qemu pid is alive (the diff checks it)."""
-    monkeypatch.setattr(qemu, "pid_alive", lambda pid: True)
+    """The VM of VM_STATE runs (its qemu is the process its pidfile names) and its disk is there."""
+    monkeypatch.setattr(qemu, "running_pid", lambda instance_dir: 7)
+    monkeypatch.setattr(qemu.VmProvider, "lost", lambda self, olds: False)
 
 
 REPLACE_CHANGES = {
@@ -269,6 +274,14 @@ def test_diff_no_change():
     assert not diff.changes and not diff.replaces
 
 
+def test_diff_replaces_a_vm_whose_disk_is_gone(monkeypatch, capsys):
+    """Its instance directory was deleted: a plain `up` makes a new VM, and says why."""
+    monkeypatch.undo()
+    diff = qemu.VmProvider().diff("id", VM_STATE, dict(VM_INPUTS))
+    assert diff.changes and diff.replaces == ["instance_dir"]
+    assert f"machine default: its disk {D}/disk.qcow2 is gone" in capsys.readouterr().err
+
+
 def test_diff_ignores_the_project_checkout_location():
     diff = qemu.VmProvider().diff("id", VM_STATE, {**VM_INPUTS, "project_dir": "/elsewhere"})
     assert not diff.changes
@@ -300,7 +313,7 @@ def test_lease_addresses(state):
 
 def test_lease_in_the_smallest_allowed_cidr(state):
     cidr = "192.168.50.0/29"
-    qemu.Options(network="bridge", bridge_cidr=cidr)  # accepted by the config
+    Options(network="bridge", bridge_cidr=cidr)  # accepted by the config
     address = _bridge.lease_address("dmbr9", cidr, "/inst/a", None)
     assert ipaddress.ip_address(address) in ipaddress.ip_network(cidr)
     assert address != "192.168.50.1"
@@ -310,7 +323,7 @@ def test_lease_in_the_smallest_allowed_cidr(state):
 
 
 def test_user_data_is_cloud_config():
-    text = seed.user_data("dev", "docker", "ssh-ed25519 AAAAC3 me@host")
+    text = seed.user_data("dev", "docker", "ssh-ed25519 AAAAC3 me@host", HOST_KEY)
     header, body = text.split("\n", 1)
     assert header == "#cloud-config"
     config = yaml.safe_load(body)
@@ -325,6 +338,9 @@ def test_user_data_is_cloud_config():
     assert config["ssh_pwauth"] is False
     # the docker group is created as a system group before users are added
     assert any("groupadd --system docker" in cmd for cmd in config["bootcmd"])
+    # sshd gets the host key we made, and only it: every dial pins it
+    assert config["ssh_keys"] == {"ed25519_private": HOST_KEY[0], "ed25519_public": HOST_KEY[1]}
+    assert config["ssh_deletekeys"] is True and config["ssh_genkeytypes"] == []
     assert any("getent group docker" in cmd for cmd in config["bootcmd"])
 
 
@@ -346,7 +362,7 @@ def iso_file(iso: pycdlib.PyCdlib, **path) -> str:
 
 
 SEED_FILES = {
-    "user-data": seed.user_data("dev", "docker", "ssh-ed25519 AAAAC3 me@host"),
+    "user-data": seed.user_data("dev", "docker", "ssh-ed25519 AAAAC3 me@host", HOST_KEY),
     "meta-data": seed.meta_data("dev-1", "dev"),
 }
 

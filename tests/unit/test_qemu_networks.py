@@ -15,20 +15,30 @@ import time
 import pycdlib
 import pytest
 
-from components import config, l2hub
+from components import config
 from components.config import ConfigError
-from components.drivers import _bridge, _local, _private, qemu
+from components.drivers import qemu as qemu_driver
+from components.drivers._local import process as _local
+from components.drivers.qemu import bridge as _bridge
+from components.drivers.qemu import hub as l2hub
+from components.drivers.qemu import network as _private
+from components.drivers.qemu import vm as qemu
+from components.drivers.qemu.options import DEFAULT_PRIVATE_CIDR, Options
+from components.steps import tls
 from tests.unit.conftest import run_program
 
-CIDR = _private.DEFAULT_CIDR
+HOST_KEY = tls.new_ssh_key()
+OWNER = {"project": "docker-machine", "stack": "unit", "backend": "file:///backend"}
+
+CIDR = DEFAULT_PRIVATE_CIDR
 # The real check, before the fixture below replaces it (preflight would run QEMU in every program test).
-QEMU_HAS_DGRAM = qemu.qemu_has_dgram
+QEMU_HAS_DGRAM = qemu_driver.qemu_has_dgram
 
 
 @pytest.fixture(autouse=True)
 def state(tmp_path, monkeypatch):
     monkeypatch.setenv("DMP_STATE", str(tmp_path / "state"))
-    monkeypatch.setattr(qemu, "qemu_has_dgram", lambda: True)
+    monkeypatch.setattr(qemu_driver, "qemu_has_dgram", lambda: True)
     return tmp_path / "state"
 
 
@@ -102,13 +112,13 @@ def test_more_machines_than_addresses_is_refused_before_anything_is_created():
 
 
 def test_an_old_qemu_without_dgram_is_named(monkeypatch):
-    monkeypatch.setattr(qemu, "qemu_has_dgram", lambda: False)
+    monkeypatch.setattr(qemu_driver, "qemu_has_dgram", lambda: False)
     message = error_of([private("a")], load=True)
     assert "machines[a].options.private_network: needs QEMU 7.2 or later (-netdev dgram)" in message
     config.load(json.dumps([{"name": "a"}]))  # machines without it do not care
 
 
-@pytest.mark.skipif(not qemu.shutil.which("qemu-system-x86_64"), reason="no QEMU here")
+@pytest.mark.skipif(not qemu_driver.shutil.which("qemu-system-x86_64"), reason="no QEMU here")
 def test_this_hosts_qemu_is_asked_for_dgram():
     version = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout
     major, minor = (int(n) for n in version.split("version ", 1)[1].split(".")[:2])
@@ -116,7 +126,7 @@ def test_this_hosts_qemu_is_asked_for_dgram():
 
 
 def test_no_qemu_is_left_to_the_vm_to_report(monkeypatch):
-    monkeypatch.setattr(qemu.shutil, "which", lambda command: None)
+    monkeypatch.setattr(qemu_driver.shutil, "which", lambda command: None)
     assert QEMU_HAS_DGRAM() is None
 
 
@@ -170,7 +180,8 @@ def test_joining_or_leaving_the_private_network_replaces_the_vm():
     assert diff.replaces == ["private_network"] and diff.delete_before_replace
 
 
-def test_a_vm_from_before_the_option_is_left_alone():
+def test_a_vm_from_before_the_option_is_left_alone(monkeypatch):
+    monkeypatch.setattr(qemu.VmProvider, "lost", lambda self, olds: False)
     olds = {"instance_dir": "/s/qemu/a", "name": "a", "state": "stopped", "power": "stopped"}
     assert not qemu.VmProvider().diff("id", olds, {**olds, "private_network": None}).changes
 
@@ -182,13 +193,13 @@ def test_leases_are_distinct_stable_and_reused_after_a_member_leaves(tmp_path, m
     monkeypatch.setattr(l2hub, "stop", lambda directory: None)
     net = str(tmp_path / "l2")
     a, b, c = (str(tmp_path / f"{name}.sock") for name in "abc")
-    first, second = _private.lease(net, CIDR, a), _private.lease(net, CIDR, b)
+    first, second = _private.lease(net, CIDR, a, OWNER), _private.lease(net, CIDR, b, OWNER)
     assert (first, second) == ("192.168.125.1", "192.168.125.2")
-    assert _private.lease(net, CIDR, a) == first  # the same member: the same address (an interrupted create)
+    assert _private.lease(net, CIDR, a, OWNER) == first  # the same member: the same address (an interrupted create)
     assert open(os.path.join(net, "leases", first)).read() == a  # the lease names the member's socket
-    _private.leave(net, a)
-    assert _private.lease(net, CIDR, b) == second  # the other member keeps its address
-    assert _private.lease(net, CIDR, c) == first
+    _private.leave(net, a, OWNER)
+    assert _private.lease(net, CIDR, b, OWNER) == second  # the other member keeps its address
+    assert _private.lease(net, CIDR, c, OWNER) == first
     assert sorted(os.listdir(os.path.join(net, "leases"))) == [first, second]  # nothing written aside is left
 
 
@@ -196,27 +207,27 @@ def test_the_last_member_leaving_removes_the_network(tmp_path, monkeypatch):
     stopped = []
     monkeypatch.setattr(l2hub, "stop", stopped.append)
     net = str(tmp_path / "l2")
-    _private.lease(net, CIDR, "/x/a.sock")
-    _private.lease(net, CIDR, "/x/b.sock")
-    _private.leave(net, "/x/a.sock")
+    _private.lease(net, CIDR, "/x/a.sock", OWNER)
+    _private.lease(net, CIDR, "/x/b.sock", OWNER)
+    _private.leave(net, "/x/a.sock", OWNER)
     assert os.path.isdir(net) and stopped == []
-    _private.leave(net, "/x/b.sock")
+    _private.leave(net, "/x/b.sock", OWNER)
     assert not os.path.exists(net) and stopped == [net]
-    _private.leave(net, "/x/b.sock")  # again (a retried delete): nothing to do
+    _private.leave(net, "/x/b.sock", OWNER)  # again (a retried delete): nothing to do
 
 
 def test_a_full_network_is_an_error(tmp_path):
     net = str(tmp_path / "l2")
     for n in range(6):
-        _private.lease(net, "192.168.77.0/29", f"/x/{n}.sock")
+        _private.lease(net, "192.168.77.0/29", f"/x/{n}.sock", OWNER)
     with pytest.raises(RuntimeError, match="no free address left in private_cidr 192.168.77.0/29"):
-        _private.lease(net, "192.168.77.0/29", "/x/7.sock")
+        _private.lease(net, "192.168.77.0/29", "/x/7.sock", OWNER)
 
 
 def test_a_socket_path_too_long_for_unix_sockets_is_an_error(tmp_path):
     member = "/" + "d" * 100 + "/qemu/a/l2.sock"
     with pytest.raises(RuntimeError, match="more than the 107 a unix socket allows; use a shorter state directory"):
-        _private.lease(str(tmp_path / "l2"), CIDR, member)
+        _private.lease(str(tmp_path / "l2"), CIDR, member, OWNER)
     assert not os.path.exists(tmp_path / "l2")
 
 
@@ -234,15 +245,16 @@ def provider(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(qemu, "run", fake_run)
-    monkeypatch.setattr(qemu, "resolve_image", lambda props: {"disk": "/img/disk.qcow2", "kernel": None})
-    monkeypatch.setattr(qemu, "disk_format", lambda path: "qcow2")
+    monkeypatch.setattr(qemu, "resolve_image", lambda props: {"disk": "/img/disk.qcow2", "kernel": None,
+                                                               "format": "qcow2"})  # fmt: skip
     monkeypatch.setattr(qemu, "detect_accel", lambda requested: ("tcg", "test"))
     return qemu.VmProvider(), started
 
 
 def member_props(state_dir: str, name: str) -> dict:
-    options = qemu.Options(private_network=True)
-    return qemu.vm_props(name, options, state_dir, "/src", "ssh-ed25519 AAAA test", 2376)
+    options = Options(private_network=True)
+    return qemu.vm_props(name, options, state_dir, "/src", authorized_key="ssh-ed25519 AAAA test", host_key=HOST_KEY,
+                         owner=OWNER, engine_port=2376)  # fmt: skip
 
 
 def seed_network_config(instance_dir: str) -> dict:
@@ -258,7 +270,7 @@ def seed_network_config(instance_dir: str) -> dict:
 
 def hub_pid(network: str) -> int | None:
     pid = _local.read_pid(os.path.join(network, "hub.pid"))
-    return pid if _local.pid_alive(pid) else None
+    return pid if _local.alive(pid) else None
 
 
 def test_members_are_created_and_deleted_with_their_addresses_and_hub(tmp_path, provider):
@@ -435,7 +447,7 @@ def test_the_daemon_starts_once_and_stops_leaving_no_socket_nor_pidfile(tmp_path
         assert hub_pid(directory) == pid  # already running: left alone
     finally:
         l2hub.stop(directory)
-    assert not _local.pid_alive(pid)
+    assert not _local.alive(pid)
     assert sorted(os.listdir(directory)) == ["hub.log"]
     assert "hub on" in open(os.path.join(directory, "hub.log")).read()
 

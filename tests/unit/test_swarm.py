@@ -8,7 +8,8 @@ import json
 import pulumi
 import pytest
 
-from components import config, outputs, provisioning
+from components import config, outputs
+from components.steps import provisioning
 from tests.unit.conftest import Program, run_program
 from tests.unit.test_graph import SECRET_SIG, plain
 

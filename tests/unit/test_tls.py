@@ -7,6 +7,7 @@ import http.server
 import ipaddress
 import json
 import os
+import re
 import ssl
 import threading
 
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
-from components import dockerapi, tls
+from components.steps import dockerapi, tls
 from tests.fakes.http import send
 
 OWNER = "alice"
@@ -350,10 +351,11 @@ class FakeDocker(http.server.BaseHTTPRequestHandler):
     hits: list[str]
 
     def do_GET(self):  # noqa: N802 - http.server API
-        self.server.hits.append(self.path)
-        if self.path == "/_ping":
+        path = re.sub(r"^/v[0-9.]+/", "/", self.path)  # the daemon serves every path versioned too
+        self.server.hits.append(path)
+        if path == "/_ping":
             body = b"OK"
-        elif self.path == "/version":
+        elif path == "/version":
             body = json.dumps({"Version": "24.0.7", "ApiVersion": "1.43", "Os": "linux", "Arch": "amd64"}).encode()
         else:
             self.send_error(404)
@@ -398,41 +400,98 @@ def docker_server(tmp_path):
 def test_handshake_with_the_client_certificate(pki, docker_server):
     server = docker_server(pki["ca"].cert_pem, pki["server"])
     port = server.server_address[1]
-    context = dockerapi.tls_context(pki["ca"].cert_pem, pki["client"].cert_pem, pki["client"].key_pem)
-    assert dockerapi.get("127.0.0.1", port, "/_ping", context, timeout=5) == (200, b"OK")
+    client = (pki["ca"].cert_pem, pki["client"].cert_pem, pki["client"].key_pem)
+    assert dockerapi.version("127.0.0.1", port, client, timeout=5)["Version"] == "24.0.7"
     # localhost is a SAN too
-    assert dockerapi.get("localhost", port, "/_ping", context, timeout=5) == (200, b"OK")
-    version = dockerapi.wait_for_docker("127.0.0.1", port, context, timeout=5)
+    assert dockerapi.version("localhost", port, client, timeout=5)["Os"] == "linux"
+    version = dockerapi.wait_for_docker("127.0.0.1", port, client, timeout=5)
     assert version["Version"] == "24.0.7"
-    assert server.hits == ["/_ping", "/_ping", "/_ping", "/version"]
+    assert server.hits == ["/_ping", "/version"] * 3
 
 
-def test_handshake_fails_without_a_client_certificate(pki, docker_server):
+def test_the_client_material_never_touches_a_disk(pki, docker_server, tmp_path, monkeypatch):
+    """The SDK reads the certificate and key from anonymous memory files: no temporary file is made or left."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     server = docker_server(pki["ca"].cert_pem, pki["server"])
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=pki["ca"].cert_pem)
-    with pytest.raises(OSError):  # ssl.SSLError / ConnectionResetError, both OSError
-        dockerapi.get("127.0.0.1", server.server_address[1], "/_ping", context, timeout=5)
-    assert server.hits == []
+    dockerapi.version("127.0.0.1", server.server_address[1], (pki["ca"].cert_pem, pki["client"].cert_pem,
+                                                             pki["client"].key_pem), timeout=5)  # fmt: skip
+    assert sorted(os.listdir(tmp_path)) == ["server-key.pem", "server.pem"]  # the fake server's own
 
 
 def test_handshake_fails_with_a_client_certificate_from_another_ca(pki, other_pki, docker_server):
     server = docker_server(pki["ca"].cert_pem, pki["server"])
-    context = dockerapi.tls_context(pki["ca"].cert_pem, other_pki["client"].cert_pem, other_pki["client"].key_pem)
-    with pytest.raises(OSError):
-        dockerapi.get("127.0.0.1", server.server_address[1], "/_ping", context, timeout=5)
+    client = (pki["ca"].cert_pem, other_pki["client"].cert_pem, other_pki["client"].key_pem)
+    with pytest.raises(dockerapi.ApiError) as failed:
+        dockerapi.version("127.0.0.1", server.server_address[1], client, timeout=5)
+    assert isinstance(failed.value.cause, OSError)  # ssl.SSLError / ConnectionResetError, both OSError
     assert server.hits == []
 
 
 def test_client_rejects_a_server_certificate_from_another_ca(pki, other_pki, docker_server):
     server = docker_server(other_pki["ca"].cert_pem, other_pki["server"])
-    context = dockerapi.tls_context(pki["ca"].cert_pem, pki["client"].cert_pem, pki["client"].key_pem)
-    with pytest.raises(ssl.SSLCertVerificationError):
-        dockerapi.get("127.0.0.1", server.server_address[1], "/_ping", context, timeout=5)
+    client = (pki["ca"].cert_pem, pki["client"].cert_pem, pki["client"].key_pem)
+    with pytest.raises(dockerapi.ApiError) as failed:
+        dockerapi.version("127.0.0.1", server.server_address[1], client, timeout=5)
+    assert isinstance(failed.value.cause, ssl.SSLCertVerificationError) and dockerapi.is_cert_error(failed.value.cause)
+    assert str(failed.value).startswith("x509: ")
     assert server.hits == []
 
 
-def test_wait_for_docker_times_out_with_the_last_error(pki, docker_server):
+def test_a_ca_in_the_environment_does_not_replace_the_machines(pki, docker_server, monkeypatch, tmp_path):
+    """REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (set on CI machines) must not take the place of the stack's CA."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(tls.new_ca("elsewhere").cert_pem)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(bundle))
     server = docker_server(pki["ca"].cert_pem, pki["server"])
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=pki["ca"].cert_pem)
-    with pytest.raises(RuntimeError, match=r"did not answer on https://127\.0\.0\.1:\d+ within 0s"):
-        dockerapi.wait_for_docker("127.0.0.1", server.server_address[1], context, timeout=0)
+    client = (pki["ca"].cert_pem, pki["client"].cert_pem, pki["client"].key_pem)
+    assert dockerapi.version("127.0.0.1", server.server_address[1], client, timeout=5)["Version"] == "24.0.7"
+
+
+def test_wait_for_docker_times_out_with_the_last_error(pki, other_pki, docker_server):
+    server = docker_server(pki["ca"].cert_pem, pki["server"])
+    client = (other_pki["ca"].cert_pem, pki["client"].cert_pem, pki["client"].key_pem)
+    with pytest.raises(dockerapi.ApiError, match=r"did not answer on https://127\.0\.0\.1:\d+ within 0s: x509"):
+        dockerapi.wait_for_docker("127.0.0.1", server.server_address[1], client, timeout=0)
+
+
+# --- renewal before expiry (time moved, nothing waited for) -----------------------------------------------------------
+
+
+def test_a_server_certificate_with_10_days_left_is_renewed_by_the_next_up(server_props, monkeypatch):
+    provider = tls._ServerCertProvider()
+    outs = provider.create(server_props).outs
+    assert not provider.diff("id", outs, dict(server_props)).changes  # a fresh certificate: nothing to do
+    expires = tls.expires(outs["cert"])
+    assert outs["expires"] == expires.isoformat()
+    monkeypatch.setattr(tls, "now", lambda: expires - datetime.timedelta(days=10))
+    assert tls.days(tls.left(outs["expires"])) == "expires in 10 days"
+    diff = provider.diff("id", outs, dict(server_props))
+    assert diff.changes and diff.replaces == ["cert"]  # reissued, and the tls and daemon-config steps follow
+    renewed = provider.create(server_props).outs
+    assert tls.expires(renewed["cert"]) > expires + datetime.timedelta(days=1000)  # a full term from now
+    assert renewed["serial"] != outs["serial"]
+
+
+def test_a_client_certificate_due_is_renewed_from_the_same_ca_and_a_ca_due_is_replaced(monkeypatch, capsys):
+    provider = tls._AuthorityProvider()
+    props = {"owner": OWNER, "rotation": ""}
+    outs = provider.create(props).outs
+    assert not provider.diff("id", outs, dict(props)).changes
+    due = tls.expires(outs["client_cert"]) - datetime.timedelta(days=5)
+    monkeypatch.setattr(tls, "now", lambda: due)
+    # The CA and the client certificate were made together: both are due; the CA is replaced (a clear line says
+    # every client needs the new client certificate).
+    diff = provider.diff("id", outs, dict(props))
+    assert diff.changes and diff.replaces == ["rotation"]
+    assert "the stack's CA expires in 5 days: up issues a new one, and every client needs" in capsys.readouterr().err
+    # A client certificate due under a CA that is not: a new one from the same CA, in place.
+    young_ca = {**outs, "client_cert": tls.new_client_cert(tls.KeyPair(outs["ca_cert"], outs["ca_key"]), "x").cert_pem}
+    monkeypatch.setattr(tls, "now", lambda: tls.expires(young_ca["client_cert"]) - datetime.timedelta(days=5))
+    monkeypatch.setattr(tls, "expires", lambda pem: (tls.now() + datetime.timedelta(days=400)) if pem == outs["ca_cert"]
+                        else x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc)  # fmt: skip
+    diff = provider.diff("id", young_ca, dict(props))
+    assert diff.changes and not diff.replaces
+    renewed = provider.update("id", young_ca, dict(props)).outs
+    assert renewed["ca_cert"] == outs["ca_cert"] and renewed["client_cert"] != young_ca["client_cert"]
+    load(renewed["client_cert"]).verify_directly_issued_by(load(outs["ca_cert"]))

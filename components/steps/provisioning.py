@@ -11,6 +11,7 @@ import hashlib
 import re
 import shlex
 
+from components import model
 from components.model import EngineOptions
 
 DROPIN_DIR = "/etc/systemd/system/docker.service.d"
@@ -38,8 +39,11 @@ def as_root_inline(script: str) -> str:
 
 
 WAIT_FOR_BOOT = """set -e
-# cloud-init may still be writing users, keys and apt sources: wait for it where present.
-if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi
+# cloud-init may still be writing users, keys and apt sources: wait for it where present (its Python takes seconds to
+# start under emulation, so not once it has finished).
+if command -v cloud-init >/dev/null 2>&1 && [ ! -e /var/lib/cloud/instance/boot-finished ]; then
+  cloud-init status --wait >/dev/null 2>&1 || true
+fi
 . /etc/os-release
 case "$ID" in
   {supported}) ;;
@@ -151,21 +155,44 @@ CONTAINERD = "/run/containerd/containerd.sock"
 _DROPIN_END = "__DROPIN__"
 
 
+def option_flags(engine: EngineOptions, driver: str) -> list[str]:
+    """The dockerd flags of the engine options that are plain flags (EngineField.dockerd), in their order: a list
+    gives the flag once per value, a switch (True) the flag alone; docker-machine's ``provider=<driver>`` label is
+    always added."""
+    flags = []
+    for name, field in type(engine).fields().items():
+        if not field.dockerd:
+            continue
+        value = getattr(engine, name)
+        if name == "labels":
+            value = [*value, f"provider={driver}"]
+        for item in value if isinstance(value, list) else [value]:
+            if item is True:
+                flags.append(f"--{field.dockerd}")
+            elif item is not None and item is not False:
+                flags.append(f"--{field.dockerd} {systemd_word(str(item))}")
+    return flags
+
+
+def engine_option_words() -> dict[str, str]:
+    """The dockerd flag of each engine option → the option in a reviewer's words (scripts/machine preview)."""
+    fields = model.EngineOptions.fields().values()
+    return {field.dockerd: field.words for field in fields if field.dockerd and field.words}
+
+
 def daemon_flags(engine: EngineOptions, driver: str) -> list[str]:
-    """dockerd flags in docker-machine's order, listening on TCP and the local socket."""
+    """dockerd flags: listening on TCP (mutual TLS with the stack's CA) and the local socket, then the engine options,
+    then engine.opts."""
     flags = [
         f"-H tcp://0.0.0.0:{engine.port}",
         FD_SOCKET,
         f"--containerd={CONTAINERD}",
-        f"--storage-driver {engine.storage_driver}",
         "--tlsverify",
         f"--tlscacert {CA_CERT}",
         f"--tlscert {SERVER_CERT}",
         f"--tlskey {SERVER_KEY}",
     ]
-    flags += [f"--label {systemd_word(label)}" for label in [*engine.labels, f"provider={driver}"]]
-    flags += [f"--insecure-registry {systemd_word(r)}" for r in engine.insecure_registries]
-    flags += [f"--registry-mirror {systemd_word(m)}" for m in engine.registry_mirrors]
+    flags += option_flags(engine, driver)
     flags += [f"--{opt}" for opt in engine.opts]  # checked against dockerd's flags (components/dockerd.py)
     return flags
 
@@ -211,7 +238,8 @@ packaged="$(systemctl cat docker.service 2>/dev/null | grep -v '^ExecStart=/usr/
 if [ -n "$packaged" ]; then sed -i "s|--containerd={CONTAINERD}|--containerd=$packaged|" {DROPIN}.tmp; fi
 mv -f {DROPIN}.tmp {DROPIN}
 systemctl daemon-reload
-systemctl enable docker.service >/dev/null 2>&1 || true
+# enable runs the SysV compatibility scripts (seconds under emulation): only when needed.
+systemctl is-enabled -q docker.service 2>/dev/null || systemctl enable docker.service >/dev/null 2>&1 || true
 systemctl restart docker.service
 for _ in $(seq 1 90); do
   if ss -Htln "sport = :{engine.port}" | grep -q .; then exit 0; fi
@@ -250,6 +278,43 @@ systemctl restart docker.service
 
 # scripts/machine restart for hosts we did not create: a reboot that returns before the connection drops.
 REBOOT = "(sleep 1; systemctl reboot || shutdown -r now) >/dev/null 2>&1 &\n"
+
+
+# The guest's fstab block of shared host folders, between these lines; the paths mounted are also listed in MOUNTED so
+# that a share dropped from the config is unmounted.
+MOUNTS_BEGIN = "# docker-machine-pulumi mounts: begin"
+MOUNTS_END = "# docker-machine-pulumi mounts: end"
+MOUNTED = "/etc/docker-machine-pulumi.mounts"
+
+
+def mounts_script(fstab_lines: list[str] | None) -> str:
+    """Write the fstab block (mounted again at every boot, before Docker starts), unmount shares no longer in it, mount
+    the others now. Idempotent: a second run changes nothing. None: a VM made before shares existed."""
+    fstab_lines = fstab_lines or []
+    paths = [line.split()[1] for line in fstab_lines]
+    block = "\n".join([MOUNTS_BEGIN, *fstab_lines, MOUNTS_END])
+    return f"""set -e
+awk -v b={shlex.quote(MOUNTS_BEGIN)} -v e={shlex.quote(MOUNTS_END)} \
+  '$0 == b {{ skip = 1 }} !skip {{ print }} $0 == e {{ skip = 0 }}' /etc/fstab > /etc/fstab.new
+printf '%s\\n' {shlex.quote(block)} >> /etc/fstab.new
+mv /etc/fstab.new /etc/fstab
+wanted=" {' '.join(paths)} "
+if [ -f {MOUNTED} ]; then
+  while read -r path; do
+    case "$wanted" in *" $path "*) ;; *) ! mountpoint -q "$path" || umount "$path" ;; esac
+  done < {MOUNTED}
+fi
+printf '%s\\n' {' '.join(shlex.quote(p) for p in paths) or "''"} | grep -v '^$' > {MOUNTED} || true
+systemctl daemon-reload
+# A share plugged in after a resume (virtio-fs) may still be probing: a few seconds' grace.
+for path in {' '.join(shlex.quote(p) for p in paths)}; do
+  mkdir -p "$path"
+  tries=0
+  until mountpoint -q "$path" || mount "$path" 2>/dev/null; do
+    tries=$((tries + 1)); [ "$tries" -lt 30 ] || {{ mount "$path"; break; }}; sleep 1
+  done
+done
+"""
 
 
 def digest(*parts: str) -> str:

@@ -1,16 +1,30 @@
-"""cloud-init NoCloud seed ISOs (volume label ``cidata``), shared by the local VM drivers."""
+"""cloud-init for the machines we create: the user-data (user, key, SSH host key), network-config and the NoCloud
+seed ISO (volume label ``cidata``) of the local drivers; the cloud drivers pass the same user-data to their clouds."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import ipaddress
 import json
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 
 import pycdlib
 
 
-def user_data(hostname: str, user: str, authorized_key: str) -> str:
-    """A cloud-config with one passwordless-sudo user reachable by key only.
+def host_key_config(private_key: str, public_key: str) -> dict:
+    """The machine's SSH host key, which we generated and every dial pins: the only one sshd serves."""
+    return {
+        "ssh_deletekeys": True,
+        "ssh_genkeytypes": [],
+        "ssh_keys": {"ed25519_private": private_key.strip() + "\n", "ed25519_public": public_key.strip()},
+    }
+
+
+def user_data(hostname: str, user: str, authorized_key: str, host_key: tuple[str, str]) -> str:
+    """A cloud-config with one passwordless-sudo user reachable by key only, and the SSH host key we made
+    (``host_key``: private key, public key line).
 
     The ``docker`` group is created as a *system* group before users are added, so a user named
     ``docker`` works both on images with Docker pre-installed (group exists) and on bare images
@@ -36,6 +50,7 @@ def user_data(hostname: str, user: str, authorized_key: str) -> str:
         "ssh_pwauth": False,
         "package_update": False,
         "package_upgrade": False,
+        **host_key_config(*host_key),
     }
     # JSON is valid YAML; cloud-init only needs the #cloud-config header.
     return "#cloud-config\n" + json.dumps(config, indent=1) + "\n"
@@ -77,3 +92,21 @@ def build_iso(files: dict[str, str]) -> bytes:
     iso.write_fp(out)
     iso.close()
     return out.getvalue()
+
+
+def cloud_user_data(host_key: tuple[str, str], extra: bytes | None = None) -> str:
+    """A cloud VM's user-data: our cloud-config (the SSH host key), plus the user's own user-data file if any, as
+    a multipart message whose parts cloud-init reads by their first line (#cloud-config, #!…)."""
+    ours = "#cloud-config\n" + json.dumps(host_key_config(*host_key), indent=1) + "\n"
+    if extra is None:
+        return ours
+    if extra[:2] == b"\x1f\x8b":
+        extra = gzip.decompress(extra)
+    try:
+        theirs = extra.decode()
+    except UnicodeDecodeError:
+        raise ValueError("the user data file is neither text nor gzip-compressed text") from None
+    message = MIMEMultipart()
+    message.attach(MIMEText(ours, "cloud-config"))
+    message.attach(MIMEText(theirs, "plain"))
+    return message.as_string()

@@ -6,18 +6,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import signal
 
-from components.drivers._local import (
-    claim_lease,
-    locked,
-    pid_alive,
-    read_pid,
-    release_lease,
-    run,
-    settle,
-    state_root,
-)  # fmt: skip
+from components.drivers._local import process
+from components.drivers._local.leases import claim_lease, locked, release_lease
+from components.drivers._local.paths import run, state_root
 
 _RULE_COMMENT = "docker-machine-pulumi"
 
@@ -33,6 +25,10 @@ def _bridges_dir() -> str:
 
 def _bridge_dir(bridge: str) -> str:
     return os.path.join(_bridges_dir(), bridge)
+
+
+def _dnsmasq_pidfile(bridge: str) -> str:
+    return os.path.join(_bridge_dir(bridge), "dnsmasq.pid")
 
 
 def _leases(bridge: str) -> str:
@@ -112,8 +108,8 @@ def bridge_up(bridge: str, cidr: str) -> None:
             if run("iptables", *table, "-C", chain, *spec, check=False).returncode != 0:
                 run("iptables", *table, "-I", chain, "1", *spec)
         os.makedirs(_leases(bridge), exist_ok=True)
-        pidfile = os.path.join(_bridge_dir(bridge), "dnsmasq.pid")
-        if not pid_alive(read_pid(pidfile)):
+        pidfile = _dnsmasq_pidfile(bridge)
+        if process.verified_pid(pidfile, f"--pid-file={pidfile}") is None:
             servers = [f"--server={server}" for server in _upstream_dns()]
             run(
                 "dnsmasq", "--conf-file=/dev/null", f"--interface={bridge}", "--bind-interfaces",
@@ -130,10 +126,9 @@ def bridge_down_if_unused(bridge: str, cidr: str) -> None:
         leases = _leases(bridge)
         if os.path.isdir(leases) and os.listdir(leases):
             return
-        pid = read_pid(os.path.join(_bridge_dir(bridge), "dnsmasq.pid"))
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            settle(lambda: not pid_alive(pid), 10, 0.1)
+        # Only the dnsmasq we started: after a reboot its old pid may be any program's (run as root here).
+        pidfile = _dnsmasq_pidfile(bridge)
+        process.stop(pidfile, f"--pid-file={pidfile}")
         for rule in _iptables_rules(bridge, cidr):
             table, chain, spec = rule[:2], rule[2], rule[3:]
             while run("iptables", *table, "-D", chain, *spec, check=False).returncode == 0:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
-from components import dockercontext, outputs, provisioning
+from components import outputs
+from components.steps import dockercontext, provisioning
 
-from . import power, probe, remote, ui, workspace
+from . import power, probe, sshclient, ui, workspace
 from .errors import MachineError
 from .machines import Registry, by_stack, machine_resources, rotation_token, set_machine_setting, targets
 
@@ -42,9 +43,11 @@ def refresh_local_material(stack: str) -> None:
         if os.path.isdir(m.cert_path):
             m.write_client_certs()
         name = dockercontext.context_name(m.name)
-        ours = dockercontext.DESCRIPTION.format(machine=m.name)
-        if dockercontext.docker_path() and dockercontext.description_of(name) == ours:
-            dockercontext.upsert(name, m.name, m.url, m.cert_path)
+        if dockercontext.docker_path() and dockercontext.ours(dockercontext.description_of(name), m.name, m.owner):
+            try:
+                dockercontext.upsert(name, m.name, m.url, m.cert_path, m.owner)
+            except dockercontext.DockerContextError as err:
+                ui.warn(str(err))
 
 
 def regenerate_certs(reg: Registry, names: list[str] | None, force: bool, client_certs: bool) -> None:
@@ -76,7 +79,7 @@ def upgrade(reg: Registry, names: list[str] | None) -> None:
     power.start_stopped(reg, machines)
     for machine in machines:
         ui.info(f'Upgrading docker on "{machine.name}"...')
-        result = remote.ssh_run(machine, provisioning.UPGRADE)
+        result = sshclient.ssh_run(machine, provisioning.UPGRADE)
         if result.returncode != 0:
             detail = (result.stderr.strip() or result.stdout.strip())[-2000:]
             raise MachineError(f'upgrading Docker on "{machine.name}" failed: {detail}')

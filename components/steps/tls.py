@@ -4,6 +4,9 @@ Rules of docker-machine's libmachine (docs/tls.md): RSA 2048 keys in PKCS#1 PEM;
 Organization only; NotBefore = now truncated to the minute minus 5 minutes, NotAfter = NotBefore + 1080
 days; random 128-bit serials. One CA and one client certificate per stack, one server certificate per
 machine whose SANs are the address the client dials, ``localhost`` and any extra ``tls_san``.
+
+Unlike docker-machine, certificates are renewed before they expire: a server or client certificate with
+less than RENEW_BEFORE left is reissued by the next ``up`` (a CA too, which every client then fetches again).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import secrets
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +23,45 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider
+from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
 from components import outputs
 from components.dynamic import DynamicResource, inputs_of
 
 VALIDITY = datetime.timedelta(days=1080)
 CLOCK_SKEW = datetime.timedelta(minutes=5)
+RENEW_BEFORE = datetime.timedelta(days=30)
+
+
+def now() -> datetime.datetime:
+    """The time certificates are judged by (tests move it)."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def expires(cert_pem: str) -> datetime.datetime:
+    return x509.load_pem_x509_certificate(cert_pem.encode()).not_valid_after_utc
+
+
+def left(not_after: str | datetime.datetime | None) -> datetime.timedelta | None:
+    """What is left until ``not_after`` (a datetime or its ISO text) when the certificate is due for renewal (less
+    than RENEW_BEFORE), else None."""
+    if not not_after:
+        return None
+    end = datetime.datetime.fromisoformat(not_after) if isinstance(not_after, str) else not_after
+    remaining = end - now()
+    return remaining if remaining < RENEW_BEFORE else None
+
+
+def expiring(cert_pem: str | None) -> datetime.timedelta | None:
+    """What is left of a certificate that is due for renewal, else None (also for no certificate at all)."""
+    try:
+        return left(expires(cert_pem)) if cert_pem else None
+    except ValueError:
+        return None
+
+
+def days(left: datetime.timedelta) -> str:
+    return "expired" if left.total_seconds() <= 0 else f"expires in {max(left.days, 0)} days"
 
 
 @dataclass(frozen=True)
@@ -59,8 +95,7 @@ def _key_pem(key: rsa.RSAPrivateKey) -> str:
 
 
 def _builder(org: str, issuer: x509.Name | None, public_key: Any) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.timezone.utc).replace(second=0, microsecond=0)
-    not_before = now - CLOCK_SKEW
+    not_before = now().replace(second=0, microsecond=0) - CLOCK_SKEW
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)])
     return (
         x509.CertificateBuilder()
@@ -176,13 +211,25 @@ class _AuthorityProvider(ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         rotate = olds.get("rotation") != news.get("rotation")
-        return DiffResult(changes=rotate, replaces=["rotation"] if rotate else [])
+        ca_due = expiring(olds.get("ca_cert"))
+        if ca_due is not None:
+            print(f"warning: the stack's CA {days(ca_due)}: up issues a new one, and every client needs the new client "
+                  "certificate afterwards (scripts/machine env NAME)", file=sys.stderr)  # fmt: skip
+        replace = rotate or ca_due is not None
+        client_due = expiring(olds.get("client_cert")) is not None
+        return DiffResult(changes=replace or client_due, replaces=["rotation"] if replace else [])
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        """The client certificate is due: a new one from the same CA (the machines keep theirs)."""
+        ca = KeyPair(olds["ca_cert"], olds["ca_key"])
+        client = new_client_cert(ca, f"{news['owner']}.<bootstrap>")
+        return UpdateResult({**olds, **news, "client_cert": client.cert_pem, "client_key": client.key_pem})
 
 
 class CertificateAuthority(
     DynamicResource, module=outputs.CERTIFICATE_AUTHORITY.module, name=outputs.CERTIFICATE_AUTHORITY.name
 ):
-    """The stack"s CA and client certificate (docker-machine"s certs/ca.pem + certs/cert.pem)."""
+    """The stack's CA and client certificate (docker-machine's certs/ca.pem + certs/cert.pem)."""
 
     SECRET_OUTPUTS = ("ca_key", "client_key")
     OUTPUTS = ("ca_cert", "ca_key", "client_cert", "client_key", "ca_serial")
@@ -199,22 +246,25 @@ class _ServerCertProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         ca = KeyPair(props["ca_cert"], props["ca_key"])
         server = new_server_cert(ca, props["owner"], list(props["sans"]))
-        outs = {**props, "cert": server.cert_pem, "key": server.key_pem, "serial": serial_of(server.cert_pem)}
+        outs = {**props, "cert": server.cert_pem, "key": server.key_pem, "serial": serial_of(server.cert_pem),
+                "expires": expires(server.cert_pem).isoformat()}  # fmt: skip
         return CreateResult(f"server-{outs['serial']}", outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         # Unknown values (preview before the machine exists) compare unequal, so they show as replace.
         replaces = [k for k in ("sans", "ca_cert", "rotation") if olds.get(k) != news.get(k)]
+        if not replaces and expiring(olds.get("cert")) is not None:
+            replaces = ["cert"]  # due for renewal
         return DiffResult(changes=bool(replaces), replaces=replaces)
 
 
 class ServerCertificate(
     DynamicResource, module=outputs.SERVER_CERTIFICATE.module, name=outputs.SERVER_CERTIFICATE.name
 ):
-    """A machine"s server certificate (docker-machine"s server.pem), reissued when its SANs change."""
+    """A machine's server certificate (docker-machine's server.pem), reissued when its SANs change or it is due."""
 
     SECRET_OUTPUTS = ("key",)
-    OUTPUTS = ("cert", "key", "serial")
+    OUTPUTS = ("cert", "key", "serial", "expires")
 
     def __init__(
         self,
@@ -240,7 +290,7 @@ class _SshKeyProvider(ResourceProvider):
 
 
 class SshKey(DynamicResource, module=outputs.SSH_KEY.module, name=outputs.SSH_KEY.name):
-    """A machine"s SSH key pair (docker-machine"s machines/<name>/id_rsa), ed25519."""
+    """An ed25519 SSH key pair: a machine's login key (docker-machine's machines/<name>/id_rsa), or its host key."""
 
     SECRET_OUTPUTS = ("private_key",)
     OUTPUTS = ("private_key", "public_key")

@@ -6,7 +6,8 @@ members. The members are the sockets the network's lease files name (``leases/<a
 before it has sent anything. A member whose socket is full (the kernel queues 10 datagrams by default) gets its
 frames a moment later from a short queue instead of losing them.
 
-The daemon (``python -m components.l2hub DIRECTORY``) runs without root, logs to ``hub.log`` and exits on SIGTERM or
+The daemon (``python -m components.drivers.qemu.hub DIRECTORY``) runs without root, logs to ``hub.log`` and exits on
+SIGTERM or
 once its socket is gone. ``start``/``stop`` manage it through ``hub.pid``.
 """
 
@@ -18,9 +19,10 @@ import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import time
+
+from components.drivers._local import process
 
 SOCKET, PIDFILE, LOG, LEASES = "hub.sock", "hub.pid", "hub.log", "leases"
 # Larger than any frame QEMU sends (its buffer is 68 KiB).
@@ -192,18 +194,12 @@ def main(directory: str) -> None:
 
 # --- managing the daemon -------------------------------------------------------------------------------------------
 
+MODULE = "components.drivers.qemu.hub"
+
 
 def _pid(directory: str) -> int | None:
     """The hub's pid, if that process is this directory's hub (after a reboot the pid may be another program's)."""
-    from components.drivers._local import pid_alive, read_pid
-
-    pid = read_pid(os.path.join(directory, PIDFILE))
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().split(b"\0")
-    except (OSError, TypeError):
-        return None
-    return pid if pid_alive(pid) and b"components.l2hub" in args and os.fsencode(directory) in args else None
+    return process.verified_pid(os.path.join(directory, PIDFILE), MODULE, directory)
 
 
 def _bound(directory: str) -> bool:
@@ -221,22 +217,15 @@ def running(directory: str) -> bool:
 
 
 def start(directory: str, timeout: float = 15) -> None:
-    """Start the hub of ``directory`` unless it runs; return once its socket exists. Its own session, its output
-    in the log: neither the engine nor the provider waits for it or takes it down."""
+    """Start the hub of ``directory`` unless it runs; return once its socket exists."""
     if running(directory):
         return
     stop(directory)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(directory, LOG), "a") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "components.l2hub", directory], cwd=root, stdin=subprocess.DEVNULL,
-            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONPATH": root},
-        )  # fmt: skip
-    with open(os.path.join(directory, PIDFILE), "w") as f:
-        f.write(str(process.pid))
+    child = process.spawn_module(MODULE, [directory], pidfile=os.path.join(directory, PIDFILE),
+                                 log=os.path.join(directory, LOG))  # fmt: skip
     deadline = time.monotonic() + timeout
     while not _bound(directory):
-        if process.poll() is not None or time.monotonic() > deadline:
+        if child.poll() is not None or time.monotonic() > deadline:
             with open(os.path.join(directory, LOG)) as f:
                 tail = f.read()[-600:].strip()
             stop(directory)
@@ -245,15 +234,7 @@ def start(directory: str, timeout: float = 15) -> None:
 
 
 def stop(directory: str) -> None:
-    from components.drivers._local import pid_alive, settle
-
-    pid = _pid(directory)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if pid_alive(pid):
-            os.kill(pid, sig)
-            settle(lambda: not pid_alive(pid), 10, 0.1)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(directory, PIDFILE))
+    process.stop(os.path.join(directory, PIDFILE), MODULE, directory)
 
 
 if __name__ == "__main__":
