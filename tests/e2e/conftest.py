@@ -196,7 +196,8 @@ def local_machine(e2e_env):
         stack.pulumi("destroy", "--yes", timeout=600)
         # Nothing of the VM may survive destroy: process, port forwarder, overlay, seed, sockets, pidfiles, tap.
         assert qemu_processes_for(instance_dir) == []
-        assert processes_matching(f"components.portforward {instance_dir}") == []
+        assert processes_matching(f"components.drivers.qemu.forwarder {instance_dir}") == []
+        assert processes_matching(f"--socket-path {instance_dir}/virtiofs") == []  # its host folders' daemons
         assert not os.path.exists(instance_dir), os.listdir(instance_dir)
         tap = "dm" + hashlib.sha256(instance_dir.encode()).hexdigest()[:10]
         assert tap not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

@@ -10,16 +10,9 @@ import time
 
 import pytest
 
-from components import remote
-from tests.e2e.conftest import (
-    ROOT,
-    free_port,
-    have_tools,
-    new_stack,
-    qemu_processes_for,
-    remove_stack,
-    rewrite_machines,
-)  # fmt: skip
+from components.steps import remote
+from tests.e2e import conftest
+from tests.e2e.conftest import ROOT, free_port, have_tools, new_stack, qemu_processes_for, remove_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not have_tools(), reason="needs qemu, docker and curl (make setup)")]
 
@@ -43,9 +36,9 @@ def bare_vm(e2e_env):
 
 
 def guest(outputs: dict, command: str) -> str:
-    """Run a command on the bare VM; the first call waits for it to boot (minutes under TCG)."""
+    """Run a command on the bare VM, pinning its host key; the first call waits for it to boot (minutes under TCG)."""
     connection = {"host": outputs["address"], "port": outputs["sshPort"], "user": outputs["sshUser"],
-                  "private_key": outputs["sshPrivateKey"], "dial_error_limit": 150}
+                  "private_key": outputs["sshPrivateKey"], "host_key": outputs["sshHostKey"], "dial_error_limit": 150}
     return remote.run(connection, command)[0]
 
 
@@ -92,7 +85,7 @@ def test_generic_driver_provisions_an_existing_host(bare_vm, e2e_env, tmp_path):
 
         # A new engine label re-writes the daemon configuration and restarts Docker once.
         invocation = guest(vm, "systemctl show -p InvocationID --value docker")
-        rewrite_machines(stack, generic_config(name, vm_stack.name, ["stage=two"]))
+        conftest.rewrite_machines(stack, generic_config(name, vm_stack.name, ["stage=two"]))
         stack.pulumi("up", "--yes", "--skip-preview", timeout=900)
         changes = json.loads(stack.pulumi("stack", "history", "--json").stdout)[0]["resourceChanges"]
         assert changes.get("update") == 2 and set(changes) == {"same", "update"}, changes  # daemon-config + check
@@ -174,12 +167,12 @@ def test_install_script_path_and_its_failures(bare_vm, e2e_env, install_server):
             ("nothing.sh", "the install script from {url} did not install Docker"),
         ):
             url = f"{install_server}/{script}"
-            rewrite_machines(stack, scripted(name, vm_stack.name, install="script", install_url=url))
+            conftest.rewrite_machines(stack, scripted(name, vm_stack.name, install="script", install_url=url))
             out = failed_up(stack)
             assert f"machine {name}: install-docker:" in out and message.format(url=url) in out, out[-3000:]
 
         url = f"{install_server}/install.sh"
-        rewrite_machines(stack, scripted(name, vm_stack.name, install="script", install_url=url))
+        conftest.rewrite_machines(stack, scripted(name, vm_stack.name, install="script", install_url=url))
         stack.pulumi("up", "--yes", "--skip-preview", timeout=2400)
         assert guest(vm, "systemctl is-active docker") == "active"
         version = docker(stack, name, "version", "--format", "{{.Server.Version}}")
@@ -187,6 +180,48 @@ def test_install_script_path_and_its_failures(bare_vm, e2e_env, install_server):
         stack.pulumi("destroy", "--yes", timeout=900)
     finally:
         stack.pulumi("destroy", "--yes", check=False, timeout=900)
+        remove_stack(stack)
+        shutil.rmtree(os.path.expanduser(f"~/.docker/machine/machines/{name}"), ignore_errors=True)
+
+
+def fingerprint(line: str) -> str:
+    return remote.fingerprint(remote.public_key_of(line))
+
+
+def test_a_host_whose_keys_changed_is_refused_before_anything_is_sent(bare_vm, e2e_env):
+    """The host key pinned when the machine was made (here: the other stack's output) stands: after the guest's keys
+    are regenerated, the next step that dials fails in one line with both fingerprints and sends nothing."""
+    vm_stack, vm = bare_vm
+    name = f"pinned-{os.getpid()}"
+    stack = new_stack(e2e_env, "pinned", generic_config(name, vm_stack.name, ["stage=pinned"]))
+    try:
+        stack.pulumi("up", "--yes", "--skip-preview", timeout=1800)
+        server_key = guest(vm, "sudo -n sha256sum /etc/docker/server-key.pem")
+        pinned = vm["sshHostKey"]
+        guest(vm, "sudo -n sh -c 'rm -f /etc/ssh/ssh_host_*; ssh-keygen -q -A; (sleep 1; systemctl restart ssh) "
+                  ">/dev/null 2>&1 &'")  # fmt: skip
+        time.sleep(4)
+        vm["sshHostKey"] = remote.scan_host_key(vm["address"], vm["sshPort"], attempts=10)
+        assert vm["sshHostKey"] != pinned
+        # A new SAN: the certificate is reissued and the tls step would send the new server key.
+        machines = generic_config(name, vm_stack.name, ["stage=pinned"])
+        machines[0]["tls_san"] = ["pinned.example.test"]
+        conftest.rewrite_machines(stack, machines)
+        out = failed_up(stack)
+        # Pulumi shows an error in its progress, its summary and its diagnostics: one message, on one line.
+        lines = {line[line.index(f"machine {name}:"):] for line in out.splitlines()
+                 if f"machine {name}:" in line and "host key" in line}  # fmt: skip
+        assert len(lines) == 1, out[-3000:]
+        lines = sorted(lines)
+        assert fingerprint(pinned) in lines[0] and fingerprint(vm["sshHostKey"]) in lines[0], lines[0]
+        assert "nothing was sent" in lines[0]
+        conftest.record_figure("host keys regenerated: the failing up's line", lines[0].strip())
+        assert guest(vm, "sudo -n sha256sum /etc/docker/server-key.pem") == server_key  # the tls step never ran
+        ssh = stack.machine("--stack", stack.name, "ssh", name, "true", check=False)
+        assert ssh.returncode != 0 and "host key" in ssh.stderr.lower(), (ssh.returncode, ssh.stderr)
+    finally:
+        # No destroy: its undo step would have to dial the host, whose key no longer matches. The VM goes with its
+        # own stack at the end of the module.
         remove_stack(stack)
         shutil.rmtree(os.path.expanduser(f"~/.docker/machine/machines/{name}"), ignore_errors=True)
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from components import tls
+from components.steps import tls
 from tests.e2e.conftest import ROOT, have_tools, rewrite_machines, session_machine
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not have_tools(), reason="needs qemu, docker and curl (make setup)")]

@@ -1,7 +1,7 @@
 """`scripts/machine` end to end on the session's QEMU machine: docker-machine's everyday commands.
 
 Runs after test_local_stack.py on the same running machine and leaves it running with the same config
-(plus new certificates), so the fixture's destroy and leftover checks still apply. One stop/start cycle
+(plus new certificates), so the fixture's destroy and leftover checks still apply. One kill/start cycle
 (a reboot, minutes under TCG) is the only extra boot.
 """
 
@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from components import tls
-from tests.e2e.conftest import ROOT, free_port, have_tools
+from components.steps import tls
+from tests.e2e.conftest import ROOT, free_port, have_tools, record_figure, rewrite_machines, session_machine
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not have_tools(), reason="needs qemu, docker and curl (make setup)")]
 
@@ -213,7 +213,7 @@ def test_errors_are_one_line_and_exit_1(machine):
     assert "flag provided but not defined" in one_line_error(cli(stack, "create", "x", "--qemu-nope", "1"))
 
 
-def test_stop_then_start_brings_docker_back_over_tls(machine):
+def test_kill_then_start_brings_docker_back_over_tls_with_the_same_certificates(machine):
     stack, name, instance_dir = machine
     # A container that restarts with Docker publishes its port again after the start (issue 11).
     port = free_port()
@@ -224,8 +224,21 @@ def test_stop_then_start_brings_docker_back_over_tls(machine):
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    out = ok(cli(stack, "stop", name))
-    assert out.splitlines() == [f'Stopping "{name}"...', f'Machine "{name}" was stopped.']
+    serial = served_serial(stack.outputs()["machines"][name]["url"])
+    # kill is docker-machine's: the plug pulled at once (QMP quit), then the stack records the machine stopped.
+    with open(os.path.join(instance_dir, "qemu.pid")) as f:
+        pid = int(f.read().strip())
+    started = time.monotonic()
+    killing = subprocess.Popen([MACHINE, "--stack", stack.name, "kill", name], cwd=ROOT, env=stack.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() - started < 30:
+        time.sleep(0.02)
+    off = time.monotonic() - started
+    out, err = killing.communicate(timeout=1200)
+    assert killing.returncode == 0, err
+    assert out.splitlines() == [f'Killing "{name}"...', f'Machine "{name}" was killed.']
+    assert off < 2, off
+    record_figure("kill: from the command to QEMU gone", f"{off:.2f} s")
     assert ok(cli(stack, "status", name)) == "Stopped\n"
     assert ok(cli(stack, "ls", "--format", "{{.Name}} {{.State}} {{.URL}}|{{.DockerVersion}}")) == (
         f"{name} Stopped |Unknown\n"
@@ -243,6 +256,7 @@ def test_stop_then_start_brings_docker_back_over_tls(machine):
     assert ok(cli(stack, "status", name)) == "Running\n"
     assert one_line_error(cli(stack, "start", name)) == f'Error: Machine "{name}" is already running.'
     assert server_version(docker_env(stack, name)) == stack.outputs()["machines"][name]["dockerVersion"]
+    assert served_serial(stack.outputs()["machines"][name]["url"]) == serial  # the same certificates
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and _fetch(port) != "again":
         time.sleep(1)
@@ -263,3 +277,26 @@ def _alive(instance_dir: str) -> bool:
         return True
     except (OSError, ValueError):
         return False
+
+
+def test_an_up_that_would_replace_the_vm_is_refused_without_consent(machine):
+    """A bigger disk needs a new VM: without a terminal and without --yes, `up` names the machine and changes nothing;
+    with --yes it goes ahead (the new VM answers over TLS)."""
+    stack, name, instance_dir = machine
+    with open(os.path.join(instance_dir, "qemu.pid")) as f:
+        pid = f.read().strip()
+    base = session_machine(name)
+    rewrite_machines(stack, [session_machine(name, options={**base["options"], "disk": 24000})])
+    refused = cli(stack, "up")
+    assert refused.returncode == 1, refused.stderr
+    assert f"up would replace or delete {name}, losing what is on them; nothing was changed" in refused.stderr
+    assert f"{name}: VM replaced (disk changed): containers and volumes on it are lost" in refused.stderr
+    assert "--yes (make up YES=1)" in refused.stderr
+    with open(os.path.join(instance_dir, "qemu.pid")) as f:
+        assert f.read().strip() == pid  # nothing changed
+    started = time.monotonic()
+    ok(cli(stack, "up", "--yes"))
+    record_figure("disk change: up --yes (a new VM) seconds", round(time.monotonic() - started, 1))
+    with open(os.path.join(instance_dir, "qemu.pid")) as f:
+        assert f.read().strip() != pid
+    assert server_version(docker_env(stack, name)) == stack.outputs()["machines"][name]["dockerVersion"]

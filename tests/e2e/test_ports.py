@@ -72,7 +72,7 @@ def test_a_published_port_answers_on_the_machine_address_and_closes_with_the_con
     closed = within(10, lambda: fetch(port) is None and not _listening(port))
     assert closed is not None, "the port stayed open after docker stop"
     record_figure("published port closed after docker stop returned (s)", round(closed, 2))
-    assert processes_matching(f"components.portforward {instance_dir}")  # one forwarder, running on its own
+    assert processes_matching(f"components.drivers.qemu.forwarder {instance_dir}")  # one forwarder, running on its own
 
 
 def _listening(port: int) -> bool:

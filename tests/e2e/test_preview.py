@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from scripts.machinecli import preview
+from scripts.machinecli import changes as preview
 from tests.e2e.conftest import ROOT, have_tools, new_stack, remove_stack, rewrite_machines
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not have_tools(), reason="needs qemu, docker and curl")]

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from components.drivers._local import pid_alive, read_pid
+from components.drivers._local.process import alive, read_pid
 from tests.e2e.conftest import (
     have_tools,
     new_stack,
@@ -101,7 +101,7 @@ def cluster(e2e_env, tmp_path_factory):
         record_figure("swarm_destroy_seconds", round(time.monotonic() - started, 1))
         # Nothing survives: VMs, the hub, its socket and leases, the VMs' sockets and files, network devices.
         assert [line for name in NAMES for line in qemu_processes_for(os.path.join(state_dir, "qemu", name))] == []
-        assert processes_matching(f"components.l2hub {network}") == []
+        assert processes_matching(f"components.drivers.qemu.hub {network}") == []
         assert not os.path.exists(network)
         assert [os.path.join(d, f) for d, _, files in os.walk(state_dir) for f in files] == []
         assert links() == devices
@@ -149,6 +149,32 @@ def test_the_swarm_advertises_the_leased_addresses_configured_in_the_guests(clus
         assert addr == address
     assert outs["swarm"]["managerAddress"] == f"{machines[MANAGER]['privateIp']}:2377"
     record_figure("swarm_private_addresses", {n: machines[n]["privateIp"] for n in NAMES})
+
+
+def test_both_machines_come_from_one_template_each_with_its_own_identity(cluster):
+    """Issue 20: resumed from one booted template, yet every identity is each machine's own, its clock the host's."""
+    stack, _, _ = cluster
+    found, machines = resources(stack), stack.outputs()["machines"]
+    made_from = {found[f"{name}-vm"]["outputs"].get("template") for name in NAMES}
+    assert len(made_from) == 1 and None not in made_from, made_from
+    identity = {}
+    for name in NAMES:
+        before = time.time()
+        guest_clock = float(on(stack, name, "date +%s.%N"))
+        after = time.time()
+        # The host's clock on both sides of the ssh round trip: the guest's must fall in between, give or take 2 s.
+        assert before - 2 <= guest_clock <= after + 2, (name, before, guest_clock, after)
+        identity[name] = (
+            machines[name]["ssh"]["hostKey"],
+            on(stack, name, "cat /etc/machine-id").strip(),
+            on(stack, name, "hostname").strip(),
+            docker(stack, name, "info", "--format", "{{.ID}}").strip(),
+            docker(stack, name, "info", "--format", "{{.Swarm.NodeID}}").strip(),
+        )
+        assert identity[name][2] == name
+    for a, b in zip(identity[MANAGER], identity[WORKER], strict=True):
+        assert a and b and a != b, identity
+    record_figure("template: the swarm's machines resumed from", made_from.pop())
 
 
 def test_the_join_tokens_are_secrets_in_the_state_and_outputs(cluster):
@@ -239,5 +265,5 @@ def test_removing_the_worker_drains_it_removes_the_node_and_keeps_the_manager(cl
     manager_after = resources(stack)[f"{MANAGER}-vm"]["outputs"]
     assert (manager_after["pid"], manager_after["boot"]) == (manager_vm["pid"], manager_vm["boot"])  # not restarted
     assert os.listdir(os.path.join(network, "leases")) == [before[MANAGER]["privateIp"]]
-    assert pid_alive(hub) and read_pid(os.path.join(network, "hub.pid")) == hub
+    assert alive(hub) and read_pid(os.path.join(network, "hub.pid")) == hub
     assert qemu_processes_for(os.path.join(stack.state_dir, f"docker-machine-{stack.name}", "qemu", WORKER)) == []

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import ROOT, free_port, have_tools, qemu_processes_for
+from tests import docblocks
+from tests.e2e.conftest import ROOT, free_port, have_tools, qemu_processes_for, record_figure
 
 HAVE_POSTGRES = bool(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 pytestmark = [
@@ -89,15 +90,16 @@ class User:
         self.env = dict(e2e_env, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), DMP_CACHE=cache_dir(), **env)
         self.env.pop("XDG_CACHE_HOME", None)
 
-    def run(self, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, check: bool = True, timeout: float = 1800,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: A002 - subprocess's name
         result = subprocess.run(list(args), cwd=self.cwd, env=self.env, capture_output=True, text=True,
-                                timeout=timeout)  # fmt: skip
+                                timeout=timeout, input=input)  # fmt: skip
         if check:
             assert result.returncode == 0, f"{args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         return result
 
-    def machine(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run("scripts/machine", *args, check=check)
+    def machine(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: A002
+        return self.run("scripts/machine", *args, check=check, input=input)
 
     def docker(self, stack: str, name: str, *args: str) -> subprocess.CompletedProcess[str]:
         env = dict(self.env, DOCKER_BUILDKIT="0")
@@ -133,11 +135,19 @@ def world(postgres, e2e_env, tmp_path_factory):
     a = User(base / "a", personal, str(clone))
     b = User(base / "b", personal, str(clone), **team)
     a_team = dict(team)
+    # What A had before: a docker context of the name `make up` would use, and docker-machine's own machine `default`.
+    subprocess.run(["docker", "context", "create", "default-machine", "--description", "mine", "--docker",
+                    "host=tcp://127.0.0.1:1"], env=a.env, check=True, capture_output=True)  # fmt: skip
+    theirs = pathlib.Path(a.env["HOME"]) / ".docker" / "machine" / "machines" / "default"
+    theirs.mkdir(parents=True)
+    (theirs / "config.json").write_text('{"ConfigVersion": 3, "Name": "default"}')
+    (theirs / "id_rsa").write_text("docker-machine's key")
     busybox = base / "busybox"
     busybox.mkdir()
     shutil.copy("/bin/busybox", busybox / "busybox")
     (busybox / "Dockerfile").write_text(BUSYBOX)
-    yield {"a": a, "b": b, "team": a_team, "key": key, "clone": clone, "busybox": str(busybox), "pg": postgres}
+    yield {"a": a, "b": b, "team": a_team, "key": key, "clone": clone, "busybox": str(busybox), "pg": postgres,
+           "theirs": theirs}  # fmt: skip
     for stack in ("team", "local"):
         a.run("scripts/pulumi", "destroy", "--yes", "--stack", stack, "--non-interactive", check=False)
     a.env.update(a_team)
@@ -152,21 +162,89 @@ def vm_pid(e2e_env, stack: str, name: str) -> int:
         return int(f.read())
 
 
+def context_description(user: User, name: str) -> str:
+    inspected = subprocess.run(["docker", "context", "inspect", name], env=user.env, capture_output=True, text=True)
+    return json.loads(inspected.stdout)[0]["Metadata"]["Description"] if inspected.returncode == 0 else ""
+
+
 def test_make_up_stop_start_leave_a_fresh_clone_clean(world):
-    a = world["a"]
-    a.run("make", "up", timeout=2400)
+    a, theirs = world["a"], world["theirs"]
+    made = docblocks.run("readme-setup", a.cwd, a.env, lines=1)  # the README's `make up`
+    assert made.returncode == 0, made.stderr[-3000:]
+    # The context A made by hand and docker-machine's own machine directory are left as they were, and up says so.
+    assert "docker context default-machine exists and is one this project did not make: it is left as it was" in (
+        made.stdout + made.stderr)  # fmt: skip
+    assert context_description(a, "default-machine") == "mine"
+    assert sorted(os.listdir(theirs)) == ["config.json", "id_rsa"]
+    # The machine's client certificates went beside it, and `env` points there.
+    assert f'DOCKER_CERT_PATH="{theirs}.local"' in a.machine("env", "default").stdout
+    # The README's next command, as printed by make up.
+    assert "eval \"$(scripts/machine env default)\"" in made.stdout
+    shown = docblocks.run("readme-env", a.cwd, a.env)
+    assert shown.returncode == 0 and "Server:" in shown.stdout, shown.stderr
     a.machine("stop", "default")
     a.machine("start", "default")
     assert a.run("git", "status", "--porcelain").stdout == ""
 
 
+def test_a_switch_to_the_team_backend_leaves_the_local_machine_and_its_volume_alone(world, e2e_env):
+    """docs/team.md's `backend set` with a local stack that runs a VM: `make up` names the other backend's stack in one
+    line; with the stack file moved aside, the team's new stack "local" is refused the VM's directory in one line; the
+    first VM keeps running with its volume, each backend lists its own, and destroying the team's stack leaves it
+    answering over TLS."""
+    a, clone = world["a"], world["clone"]
+    a.docker("local", "default", "build", "-q", "-t", "e2e/busybox", world["busybox"])
+    a.docker("local", "default", "volume", "create", "precious")
+    a.docker("local", "default", "run", "--rm", "-v", "precious:/d", "e2e/busybox", "sh", "-c", "echo kept > /d/f")
+    pid = vm_pid(e2e_env, "local", "default")
+    team = {"TEAM_URL": world["pg"].url, "TEAM_KEY": str(world["key"])}
+    switched = docblocks.run("team-backend-set", a.cwd, {**a.env, **team})  # docs/team.md, as written
+    assert switched.returncode == 0, switched.stderr
+    assert 'Your stacks "local" stay on file://' in switched.stderr  # what happens to the stack that runs the VM
+    assert world["pg"].password not in switched.stdout + switched.stderr
+    made = a.run("make", "up", check=False)
+    errors = [line for line in made.stderr.splitlines() if line.startswith("Error")]
+    assert made.returncode != 0 and len(errors) == 1, made.stderr[-3000:]
+    assert 'stacks/Pulumi.local.yaml belongs to a stack "local" of another backend' in errors[0]
+    assert "backend unset" in errors[0] and "backend migrate" in errors[0] and "STACK=NAME" in errors[0]
+    stack_file = clone / "stacks" / "Pulumi.local.yaml"
+    aside = clone / "Pulumi.local.yaml.aside"
+    stack_file.rename(aside)
+    try:
+        made = a.run("make", "up", check=False, timeout=1200)
+        out = made.stdout + made.stderr
+        refusals = [line for line in out.splitlines() if "instance directory" in line and "belongs to" in line]
+        assert made.returncode != 0 and refusals, out[-3000:]
+        assert 'belongs to stack "local" on file://' in refusals[0] and "it is left as it is" in refusals[0]
+        record_figure("backend switch: the refusal", refusals[0].strip())
+        assert vm_pid(e2e_env, "local", "default") == pid
+        # Each backend lists its own: the team's "local" has no machine; A's own still runs hers.
+        assert "default" not in a.machine("ls", "-q").stdout.split()
+        a.run("scripts/pulumi", "destroy", "--yes", "--stack", "local", "--non-interactive")
+        a.run("scripts/pulumi", "stack", "rm", "--yes", "--stack", "local", "--non-interactive")
+    finally:
+        aside.rename(stack_file)
+        a.machine("backend", "unset")
+    assert a.machine("ls", "--format", "{{.Name}} {{.State}}").stdout == "default Running\n"
+    out = a.docker("local", "default", "run", "--rm", "-v", "precious:/d", "e2e/busybox", "cat", "/d/f").stdout
+    assert out.strip() == "kept" and vm_pid(e2e_env, "local", "default") == pid
+
+
 def test_a_local_stack_moves_to_the_team_backend_with_its_machine(world, e2e_env):
     a, b = world["a"], world["b"]
     pid = vm_pid(e2e_env, "local", "default")
-    a.machine("--stack", "local", "backend", "migrate", world["pg"].url, "--key-file", str(world["key"]))
+    team = {"TEAM_URL": world["pg"].url, "TEAM_KEY": str(world["key"])}
+    migrated = docblocks.run("team-migrate", a.cwd, {**a.env, **team})  # docs/team.md, as written
+    assert migrated.returncode == 0, migrated.stderr
     assert vm_pid(e2e_env, "local", "default") == pid  # the VM was not recreated
     a.env.update(world["team"])
     assert a.machine("ls", "-q").stdout.split() == ["default"]
+    # The moved stack is the same to the engine: nothing to do (its local artefacts were handed over too), and the
+    # reviewer's commands of docs/preview.md and docs/policy.md say so.
+    for block in ("preview-formats", "policy-preview", "policy-levels"):
+        shown = docblocks.run(block, a.cwd, a.env, timeout=900)
+        assert shown.returncode == 0, (block, shown.stdout[-2000:], shown.stderr[-2000:])
+    assert "default  unchanged  no change" in docblocks.run("preview-formats", a.cwd, a.env).stdout
     # B, who never had this stack: env, then a container over TLS.
     b.docker("local", "default", "build", "-q", "-t", "e2e/busybox", world["busybox"])
     out = b.docker("local", "default", "run", "--rm", "e2e/busybox", "echo", "migrated").stdout
@@ -263,21 +341,33 @@ def test_the_backend_stopping_mid_up_is_named_and_the_next_up_converges(world, e
 
 
 def test_a_consumer_project_runs_a_container_through_the_stack_outputs(world):
+    """examples/consumer/README.md as written, from the repository's folder: a container on A's machine (the stack
+    moved to the team's backend), which B sees; destroy removes it; its state holds no private key."""
     a, b = world["a"], world["b"]
     consumer = ["scripts/pulumi", "--cwd", "examples/consumer"]
-    a.run(*consumer, "stack", "init", "c1", "--non-interactive")
-    for key, value in (("machineStack", "organization/docker-machine/team"), ("machine", "box"),
-                       ("name", "consumer-web")):  # fmt: skip
-        a.run(*consumer, "config", "set", key, value, "--stack", "c1", "--non-interactive")
     try:
-        a.run(*consumer, "up", "--yes", "--skip-preview", "--stack", "c1", "--non-interactive")
-        names = b.docker("team", "box", "ps", "--format", "{{.Names}}").stdout.split()
+        ran = docblocks.run("consumer-up", a.cwd, {**a.env, "IMAGE": "e2e/busybox"})
+        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+        names = b.docker("local", "default", "ps", "--format", "{{.Names}}").stdout.split()
         assert "consumer-web" in names
-        exported = a.run(*consumer, "stack", "export", "--stack", "c1", "--non-interactive").stdout
+        exported = a.run(*consumer, "stack", "export", "--stack", "dev", "--non-interactive").stdout
         assert "PRIVATE KEY" not in exported
-        a.run(*consumer, "destroy", "--yes", "--stack", "c1", "--non-interactive")
-        names = b.docker("team", "box", "ps", "-a", "--format", "{{.Names}}").stdout.split()
+        a.run(*consumer, "destroy", "--yes", "--stack", "dev", "--non-interactive")
+        names = b.docker("local", "default", "ps", "-a", "--format", "{{.Names}}").stdout.split()
         assert "consumer-web" not in names
     finally:
-        a.run(*consumer, "destroy", "--yes", "--stack", "c1", "--non-interactive", check=False)
-        a.run(*consumer, "stack", "rm", "--yes", "--force", "--stack", "c1", "--non-interactive", check=False)
+        a.run(*consumer, "destroy", "--yes", "--stack", "dev", "--non-interactive", check=False)
+        a.run(*consumer, "stack", "rm", "--yes", "--force", "--stack", "dev", "--non-interactive", check=False)
+
+
+def test_rm_leaves_docker_machines_own_machine_and_the_users_context(world):
+    a, theirs = world["a"], world["theirs"]
+    a.env.update(world["team"])  # the stack moved there with its machine
+    a.machine("--stack", "local", "rm", "-y", "default")
+    assert sorted(os.listdir(theirs)) == ["config.json", "id_rsa"]
+    assert (theirs / "config.json").read_text() == '{"ConfigVersion": 3, "Name": "default"}'
+    assert context_description(a, "default-machine") == "mine"
+    assert not (theirs.parent / "default.local").exists()  # ours went with the machine
+    # The README's destroy, on the (now empty) stack.
+    down = docblocks.run("readme-down", a.cwd, a.env)
+    assert down.returncode == 0, down.stderr[-3000:]
