@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 
@@ -71,4 +72,5 @@ def as_user(user: str | None, env: dict[str, str]) -> list[str]:
     """The prefix that runs a command as ``user`` with exactly ``env`` (none: as ourselves)."""
     if user is None:
         return []
-    return ["runuser", "-u", user, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items())]
+    # Found on our PATH: the user's (``env``) usually lacks the sbin directories runuser lives in.
+    return [shutil.which("runuser") or "runuser", "-u", user, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items())]

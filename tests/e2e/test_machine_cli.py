@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 
@@ -213,11 +214,16 @@ def test_errors_are_one_line_and_exit_1(machine):
     assert "flag provided but not defined" in one_line_error(cli(stack, "create", "x", "--qemu-nope", "1"))
 
 
-def test_kill_then_start_brings_docker_back_over_tls_with_the_same_certificates(machine):
+def test_kill_then_start_brings_docker_back_over_tls_with_the_same_certificates(machine, tmp_path):
     stack, name, instance_dir = machine
     # A container that restarts with Docker publishes its port again after the start (issue 11).
     port = free_port()
     env = docker_env(stack, name)
+    shutil.copy("/bin/busybox", tmp_path / "busybox")
+    (tmp_path / "Dockerfile").write_text('FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT ["/bin/busybox"]\n')
+    build = subprocess.run(["docker", "build", "-q", "-t", "e2e/busybox", str(tmp_path)], env=env,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert build.returncode == 0, build.stderr
     run = subprocess.run(
         ["docker", "run", "-d", "--restart", "always", "-p", f"{port}:8080", "e2e/busybox", "sh", "-c",
          "mkdir -p /w && echo again > /w/index.html && exec httpd -f -p 8080 -h /w"],

@@ -87,10 +87,12 @@ def user():
         for tool in ("virtiofsd", "docker-buildx", "docker-compose"):  # what root's scripts/host-tools built
             if os.path.exists(os.path.join(host_tools, tool)):
                 shutil.copy(os.path.join(host_tools, tool), os.path.join(tools, tool))
-        subprocess.run(["git", "clone", "-q", "--bare", ROOT, os.path.join(shared, "project.git")], check=True)
+        # --no-local: a local clone hardlinks our objects, and the chown below would hand them to the user.
+        bare = os.path.join(shared, "project.git")
+        subprocess.run(["git", "clone", "-q", "--bare", "--no-local", ROOT, bare], check=True)
         subprocess.run(["chmod", "-R", "a+rX,go-w", shared], check=True)
         # git refuses to read a repository another user owns: the user's own copy to clone from.
-        subprocess.run(["chown", "-R", name, os.path.join(shared, "project.git")], check=True)
+        subprocess.run(["chown", "-R", name, bare], check=True)
         normal = NormalUser(name, shared)
         normal.shared = shared
         normal.ok(f"git clone -q {shared}/project.git {normal.repo}", cwd=normal.home)
