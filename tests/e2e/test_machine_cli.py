@@ -10,13 +10,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 
 import pytest
 
 from components.steps import tls
-from tests.e2e.conftest import ROOT, free_port, have_tools, record_figure, rewrite_machines, session_machine
+from tests.e2e.conftest import (
+    ROOT,
+    free_port,
+    have_tools,
+    processes_matching,
+    record_figure,
+    rewrite_machines,
+    session_machine,
+)  # fmt: skip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not have_tools(), reason="needs qemu, docker and curl (make setup)")]
 
@@ -68,6 +77,14 @@ def server_version(env: dict[str, str], *context: str) -> str:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
 
 
 def served_serial(url: str) -> str:
@@ -151,6 +168,20 @@ def test_scp_copies_files_and_directories_both_ways(machine, tmp_path):
     assert (tmp_path / "again.txt").read_text() == "hello from the host\n"
 
 
+def test_mount_shows_the_guests_folder_and_unmount_leaves_no_sshfs(machine, tmp_path):
+    """Issue 19: a machine's folder here over sshfs. As root: this sandbox's /dev/fuse is root's only (a Debian host's
+    udev rule opens it to all), so a normal user cannot mount FUSE here at all."""
+    stack, name, _ = machine
+    where = tmp_path / "x"
+    ok(cli(stack, "mount", f"{name}:/etc", str(where)))
+    try:
+        assert "ID=debian" in (where / "os-release").read_text()
+        ok(cli(stack, "mount", "-u", f"{name}:/etc", str(where)))
+        assert processes_matching(str(where)) == [] and os.listdir(where) == []
+    finally:
+        subprocess.run(["fusermount3", "-u", str(where)], capture_output=True)
+
+
 def test_docker_context_reaches_the_machine(machine):
     stack, name, _ = machine
     assert ok(cli(stack, "context", name)) == f"{name}\n"
@@ -232,19 +263,25 @@ def test_kill_then_start_brings_docker_back_over_tls_with_the_same_certificates(
     assert run.returncode == 0, run.stderr
     serial = served_serial(stack.outputs()["machines"][name]["url"])
     # kill is docker-machine's: the plug pulled at once (QMP quit), then the stack records the machine stopped.
+    # Powered off: the guest stopped, so QEMU closed its forwarded Docker port. The process itself is gone only when
+    # the host kernel has taken back the guest's memory, which here runs at about 1 GB/s (docs/cli.md).
     with open(os.path.join(instance_dir, "qemu.pid")) as f:
         pid = int(f.read().strip())
-    started = time.monotonic()
+    port = int(stack.outputs()["machines"][name]["port"])
+    started, off = time.monotonic(), None
     killing = subprocess.Popen([MACHINE, "--stack", stack.name, "kill", name], cwd=ROOT, env=stack.env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     while os.path.exists(f"/proc/{pid}") and time.monotonic() - started < 30:
-        time.sleep(0.02)
-    off = time.monotonic() - started
+        if off is None and not _accepts(port):
+            off = time.monotonic() - started
+        time.sleep(0.01)
+    gone = time.monotonic() - started
     out, err = killing.communicate(timeout=1200)
     assert killing.returncode == 0, err
     assert out.splitlines() == [f'Killing "{name}"...', f'Machine "{name}" was killed.']
-    assert off < 2, off
-    record_figure("kill: from the command to QEMU gone", f"{off:.2f} s")
+    assert off is not None and off < 2, (off, gone)
+    record_figure("kill: from the command to the guest off (its Docker port refused)", f"{off:.2f} s")
+    record_figure("kill: from the command to the QEMU process gone (memory returned)", f"{gone:.2f} s")
     assert ok(cli(stack, "status", name)) == "Stopped\n"
     assert ok(cli(stack, "ls", "--format", "{{.Name}} {{.State}} {{.URL}}|{{.DockerVersion}}")) == (
         f"{name} Stopped |Unknown\n"

@@ -20,7 +20,7 @@ from components.drivers.qemu import shares
 from tests import docblocks
 from tests.e2e.conftest import ROOT, have_tools, processes_matching, record_figure
 
-NEEDS = ("useradd", "userdel", "runuser", "mmdebstrap", "newuidmap", "sshfs")
+NEEDS = ("useradd", "userdel", "runuser", "mmdebstrap", "newuidmap")
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not have_tools(), reason="needs qemu, docker and curl (make setup)"),
@@ -161,19 +161,6 @@ def test_a_host_edit_is_seen_by_a_running_container_within_a_second(user):
 
 def test_nothing_is_written_outside_the_home(user):
     assert files_outside(user.uid, user.home, user.shared) == []
-
-
-def test_mount_shows_the_guests_folder_and_unmount_leaves_no_sshfs(user):
-    where = tempfile.mkdtemp(prefix="dmp-e2e-mount-")
-    os.chown(where, user.uid, -1)
-    try:
-        user.ok(f"scripts/machine mount default:/etc {where}/x")
-        assert "ID=debian" in open(os.path.join(where, "x", "os-release")).read()
-        user.ok(f"scripts/machine mount -u default:/etc {where}/x")
-        assert processes_matching(f"{where}/x") == [] and os.listdir(os.path.join(where, "x")) == []
-    finally:
-        subprocess.run(["fusermount3", "-u", os.path.join(where, "x")], capture_output=True)
-        shutil.rmtree(where, ignore_errors=True)
 
 
 def test_make_down_then_make_up_warm_without_mounts(user):
