@@ -304,12 +304,14 @@ def identity_script(props: dict[str, Any], outs: dict[str, Any]) -> str:
         f"hostnamectl set-hostname {shlex.quote(name)} 2>/dev/null || hostname {shlex.quote(name)}",
         f"echo {shlex.quote(name)} > /etc/hostname",
         f"sed -i 's/^127\\.0\\.1\\.1 .*/127.0.1.1 {name}/' /etc/hosts",
-        "rm -f /etc/machine-id /var/lib/dbus/machine-id && systemd-machine-id-setup >/dev/null",
+        # Credited entropy and a reseed of the kernel's RNG (RNDADDENTROPY, RNDRESEEDCRNG) before anything random:
+        # the template's pool was saved with it, so every clone would draw the same numbers until then.
+        f"perl -e {shlex.quote(RESEED)} {secrets.token_hex(64)}",
+        # Chosen here rather than drawn in the guest: one less thing that depends on the reseed above.
+        f"echo {secrets.token_hex(16)} > /etc/machine-id",
+        "[ -L /var/lib/dbus/machine-id ] || rm -f /var/lib/dbus/machine-id",
         # Docker ran in the template: its next start (the daemon-config step) makes this machine's own engine id.
         "rm -f /var/lib/docker/engine-id",
-        # Credited entropy and a reseed of the kernel's RNG (RNDADDENTROPY, RNDRESEEDCRNG): the template's pool was
-        # saved with it.
-        f"perl -e {shlex.quote(RESEED)} {secrets.token_hex(64)}",
         "umask 077",  # the keys below are the machine's alone
         "rm -f /etc/ssh/ssh_host_*",
         f"cat > /etc/ssh/ssh_host_ed25519_key <<'KEY'\n{private}\nKEY",
