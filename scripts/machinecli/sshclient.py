@@ -140,13 +140,16 @@ def rsync_argv(source: ScpPath, target: ScpPath, machine: Machine, keys: Keys, r
 
 
 def sshfs_argv(machine: Machine, keys: Keys, remote: str, local: str) -> list[str]:
-    """``mount``: the machine's folder on this host over SFTP; files show as this user's (idmap=user)."""
+    """``mount``: the machine's folder on this host over SFTP; files show as this user's (idmap=user), and symlinks
+    resolve on the machine (follow_symlinks), where their targets are: read here, /etc/os-release would name the
+    host's /usr/lib."""
     ssh = machine.ssh
     pairs = [*SSH_OPTIONS, *keys.options()]
     # sshfs hands ssh its -o options; -F and -i have their own forms there.
     options = [value for flag, value in zip(pairs[::2], pairs[1::2], strict=True) if flag == "-o"]
     argv = ["sshfs", f"{ssh.user}@{_host(ssh.host or machine.ip)}:{remote}", local, "-p", str(ssh.port),
-            "-F", "/dev/null", "-o", f"IdentityFile={keys.identity}", "-o", "idmap=user"]  # fmt: skip
+            "-F", "/dev/null", "-o", f"IdentityFile={keys.identity}", "-o", "idmap=user",
+            "-o", "follow_symlinks"]  # fmt: skip
     for option in options:
         argv += ["-o", option]
     return argv

@@ -97,7 +97,8 @@ def test_generic_driver_provisions_an_existing_host(bare_vm, e2e_env, tmp_path):
         # destroy removes what we added and leaves Docker running without its TCP listener.
         destroyed = stack.pulumi("destroy", "--yes", timeout=900)
         assert "Docker is still installed" in destroyed.stdout + destroyed.stderr
-        assert guest(vm, "systemctl is-active docker") == "active"
+        state = guest(vm, "systemctl is-active docker || systemctl status docker --no-pager -n 40 || true")
+        assert state == "active", state
         assert guest(vm, "ss -Htln 'sport = :2376' | wc -l") == "0"
         for path in ("/etc/systemd/system/docker.service.d/10-machine.conf", "/etc/docker/server-key.pem"):
             assert guest(vm, f"test -e {path} && echo left || echo gone") == "gone", path
@@ -174,7 +175,8 @@ def test_install_script_path_and_its_failures(bare_vm, e2e_env, install_server):
         url = f"{install_server}/install.sh"
         conftest.rewrite_machines(stack, scripted(name, vm_stack.name, install="script", install_url=url))
         stack.pulumi("up", "--yes", "--skip-preview", timeout=2400)
-        assert guest(vm, "systemctl is-active docker") == "active"
+        state = guest(vm, "systemctl is-active docker || systemctl status docker --no-pager -n 40 || true")
+        assert state == "active", state
         version = docker(stack, name, "version", "--format", "{{.Server.Version}}")
         assert version.returncode == 0 and int(version.stdout.split(".")[0]) >= 26, version.stderr
         stack.pulumi("destroy", "--yes", timeout=900)
