@@ -240,6 +240,8 @@ mv -f {DROPIN}.tmp {DROPIN}
 systemctl daemon-reload
 # enable runs the SysV compatibility scripts (seconds under emulation): only when needed.
 systemctl is-enabled -q docker.service 2>/dev/null || systemctl enable docker.service >/dev/null 2>&1 || true
+# Our restarts are deliberate: the packaged unit's start limit (3 a minute) is for crash loops.
+systemctl reset-failed docker.service 2>/dev/null || true
 systemctl restart docker.service
 for _ in $(seq 1 90); do
   if ss -Htln "sport = :{engine.port}" | grep -q .; then exit 0; fi
@@ -256,6 +258,7 @@ UNDO_DAEMON = f"""set -e
 rm -f {DROPIN} {CA_CERT} {SERVER_CERT} {SERVER_KEY}
 rmdir {DROPIN_DIR} 2>/dev/null || true
 systemctl daemon-reload
+systemctl reset-failed docker.service 2>/dev/null || true
 systemctl restart docker.service || true
 echo "Docker is still installed; its TCP listener and our certificates were removed."
 """
