@@ -183,10 +183,14 @@ class Hub:
 
 
 def main(directory: str) -> None:
+    # `start` returns once the socket is bound, so a `stop` may come before the handler that removes it is set:
+    # SIGTERM waits until the hub can clean up after itself.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     hub = Hub(directory)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    log(f"hub on {hub.path}")
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        log(f"hub on {hub.path}")
         hub.run()
     finally:
         hub.close()
