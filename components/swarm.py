@@ -18,7 +18,7 @@ import pulumi
 from components import outputs
 from components.machine import DockerMachine
 from components.model import SwarmConfig
-from components.steps import provisioning
+from components.steps import names, provisioning
 from components.steps.remote import RemoteCommand
 
 
@@ -34,13 +34,14 @@ class SwarmCluster(pulumi.ComponentResource):
         first_name = swarm.managers[0]
         first = machines[first_name]
 
-        def step(step_name: str, on: DockerMachine, machine: str, stdin: pulumi.Input[str], after: list,
+        def step(kind: str, on: DockerMachine, machine: str, stdin: pulumi.Input[str], after: list,
                  delete: str | None = None) -> RemoteCommand:  # fmt: skip
+            # The cluster-wide steps are <swarm>-init and <swarm>-tokens; a member's <swarm>-<machine>-join and so on.
+            member = "" if kind in (names.SWARM_INIT, names.SWARM_TOKENS) else f"{machine}-"
             return RemoteCommand(
-                f"{name}-{step_name}", connection=on.connection, create=provisioning.AS_ROOT, stdin=stdin,
-                delete=provisioning.as_root_inline(delete) if delete else None, machine=machine,
-                step=f"swarm-{step_name.removeprefix(machine + '-')}",
-                opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+                f"{name}-{member}{kind.removeprefix('swarm-')}", connection=on.connection, create=provisioning.AS_ROOT,
+                stdin=stdin, delete=provisioning.as_root_inline(delete) if delete else None, machine=machine,
+                step=kind, opts=pulumi.ResourceOptions(parent=self, depends_on=after),
             )  # fmt: skip
 
         def advertise(machine: str) -> pulumi.Output[str]:
@@ -49,26 +50,26 @@ class SwarmCluster(pulumi.ComponentResource):
             member = machines[machine]
             return member.private_address if member.private_address is not None else member.address
 
-        init = step("init", first, first_name, advertise(first_name).apply(provisioning.swarm_init_script),
+        init = step(names.SWARM_INIT, first, first_name, advertise(first_name).apply(provisioning.swarm_init_script),
                     [first.ready], delete=provisioning.SWARM_LEAVE)  # fmt: skip
         # Keyed on the init step's ID: a new swarm (init replaced) hands out new tokens.
-        tokens = step("tokens", first, first_name,
+        tokens = step(names.SWARM_TOKENS, first, first_name,
                       pulumi.Output.concat("# swarm ", init.id, "\n", provisioning.SWARM_TOKENS), [init])  # fmt: skip
         lines = tokens.stdout.apply(lambda out: (out or "").split())
         for machine, role in swarm.members:
             member = machines[machine]
-            remove = step(f"{machine}-remove", first, machine, f"# {machine} leaves the swarm on delete\ntrue\n",
+            remove = step(names.SWARM_REMOVE, first, machine, f"# {machine} leaves the swarm on delete\ntrue\n",
                           [init], delete=provisioning.swarm_remove_script(machine))  # fmt: skip
             script = pulumi.Output.all(lines, advertise(machine)).apply(
                 lambda v, role=role: provisioning.swarm_join_script(
                     role, v[0][0 if role == "worker" else 1], v[0][2], v[1]
                 )
             )
-            join = step(f"{machine}-join", member, machine, pulumi.Output.secret(script), [member.ready, remove],
+            join = step(names.SWARM_JOIN, member, machine, pulumi.Output.secret(script), [member.ready, remove],
                         delete=provisioning.SWARM_LEAVE)  # fmt: skip
             # The node ID is no secret; the join's stdout is one only because every step's stdout is.
             node_id = pulumi.Output.unsecret(join.stdout).apply(lambda out: (out or "").strip())
-            step(f"{machine}-ready", first, machine,
+            step(names.SWARM_READY, first, machine,
                  node_id.apply(lambda n, m=machine, r=role: provisioning.swarm_ready_script(m, r, n)), [join],
                  delete=provisioning.swarm_drain_script(machine))  # fmt: skip
 

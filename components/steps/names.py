@@ -9,5 +9,8 @@ DAEMON_CONFIG = "daemon-config"
 MOUNTS = "mounts"
 # Private registries' CAs, in /etc/docker/certs.d.
 REGISTRY_CERTS = "registry-certs"
+# A swarm's steps (components/swarm.py): on its first manager, then per member.
+SWARM_INIT, SWARM_TOKENS = "swarm-init", "swarm-tokens"
+SWARM_REMOVE, SWARM_JOIN, SWARM_READY = "swarm-remove", "swarm-join", "swarm-ready"
 # Steps that run again whenever the server certificate is reissued.
 CERTIFICATE_STEPS = (TLS, DAEMON_CONFIG)

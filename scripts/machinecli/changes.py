@@ -35,12 +35,12 @@ FLAG_WORDS = {
 
 # What a swarm step's creation or deletion does to its machine (components/swarm.py): (severity, words).
 SWARM_STEPS = {
-    ("swarm-init", "create"): ("note", "initialises the swarm (first manager)"),
-    ("swarm-init", "delete"): ("destructive", "swarm taken down: its services are lost"),
-    ("swarm-join", "create"): ("note", "joins the swarm"),
-    ("swarm-join", "delete"): ("disruptive", "leaves the swarm"),
-    ("swarm-ready", "delete"): ("disruptive", "drained: its swarm tasks move to other nodes"),
-    ("swarm-remove", "delete"): ("note", "node removed from the swarm"),
+    (names.SWARM_INIT, "create"): (NOTE, "initialises the swarm (first manager)"),
+    (names.SWARM_INIT, "delete"): (DESTRUCTIVE, "swarm taken down: its services are lost"),
+    (names.SWARM_JOIN, "create"): (NOTE, "joins the swarm"),
+    (names.SWARM_JOIN, "delete"): (DISRUPTIVE, "leaves the swarm"),
+    (names.SWARM_READY, "delete"): (DISRUPTIVE, "drained: its swarm tasks move to other nodes"),
+    (names.SWARM_REMOVE, "delete"): (NOTE, "node removed from the swarm"),
 }
 _SWARM_WORDS = {words for _, words in SWARM_STEPS.values()}
 

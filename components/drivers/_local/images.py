@@ -95,3 +95,8 @@ def check_disk(path: str) -> str:
     if data_file:
         raise ImageError(f"image {path} keeps its data in an external file ({data_file}): give a standalone image")
     return info["format"]
+
+
+def overlay(path: str, backing: str, backing_format: str, size_mib: int) -> None:
+    """A machine's own qcow2 disk over a shared, never-written one (the image, or a template's frozen disk)."""
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", backing_format, path, f"{int(size_mib)}M")

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from components import cloudinit, wait
-from components.drivers._local import process
+from components.drivers._local import images, process
 from components.drivers._local.paths import cache_root, free_port, run
 from components.drivers.qemu import shares
 from components.drivers.qemu.instance import Files, qmp
@@ -138,16 +138,20 @@ class Template:
 
     def use(self, instance_dir: str) -> None:
         os.makedirs(self.users, exist_ok=True)
-        with open(os.path.join(self.users, hashlib.sha256(instance_dir.encode()).hexdigest()[:16]), "w") as f:
+        with open(os.path.join(self.users, _user_entry(instance_dir)), "w") as f:
             f.write(instance_dir)
+
+
+def _user_entry(instance_dir: str) -> str:
+    """The file in a template's ``users`` that says this machine's disk is backed by it."""
+    return hashlib.sha256(instance_dir.encode()).hexdigest()[:16]
 
 
 def forget_user(instance_dir: str) -> None:
     """A deleted machine no longer holds its template."""
-    name = hashlib.sha256(instance_dir.encode()).hexdigest()[:16]
     for template in all_templates():
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(template.users, name))
+            os.unlink(os.path.join(template.users, _user_entry(instance_dir)))
 
 
 def all_templates() -> list[Template]:
@@ -204,8 +208,7 @@ def _build(key: str, wanted: dict[str, Any], start: Callable[[Files, dict[str, A
     try:
         with open(os.open(os.path.join(work, "login"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             f.write(login[0])
-        run("qemu-img", "create", "-q", "-f", "qcow2", "-b", wanted["image"]["disk"], "-F", wanted["image"]["format"],
-            files.disk, f"{wanted['disk']}M")  # fmt: skip
+        images.overlay(files.disk, wanted["image"]["disk"], wanted["image"]["format"], wanted["disk"])
         # DHCP on the first NIC only: a second one (the private network's) gets its address from each machine.
         seed = {"user-data": cloudinit.user_data("template", wanted["ssh_user"], login[1], host_key),
                 "meta-data": cloudinit.meta_data(f"template-{key}", "template"),
@@ -371,9 +374,11 @@ def clear() -> tuple[list[str], list[str]]:
     """Remove every template no machine uses; (removed, kept because in use)."""
     removed, kept = [], []
     for template in all_templates():
-        (kept if template.in_use() else removed).append(os.path.basename(template.dir))
-        if not template.in_use():
+        if template.in_use():
+            kept.append(os.path.basename(template.dir))
+        else:
             shutil.rmtree(template.dir, ignore_errors=True)
+            removed.append(os.path.basename(template.dir))
     return removed, kept
 
 

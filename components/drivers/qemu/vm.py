@@ -206,8 +206,7 @@ class VmProvider(LocalVmProvider):
                                 "accel": detect_accel(props["accel_requested"])[0], "template": None}  # fmt: skip
         template = self._template(props, outs, image)
         backing, backing_format = (template.disk, "qcow2") if template else (image["disk"], image["format"])
-        run("qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", backing_format,
-            files.disk, f"{int(props['disk'])}M")  # fmt: skip
+        images.overlay(files.disk, backing, backing_format, props["disk"])
         seed = self._seed(props)
         if props["network"] == "bridge":
             cidr = props["bridge_cidr"]
@@ -236,8 +235,7 @@ class VmProvider(LocalVmProvider):
             templates.notice(props["name"])(f"resuming from template {os.path.basename(template.dir)} failed "
                                             f"({err}): cold boot")  # fmt: skip
             self._power_off(files.dir)
-            run("qemu-img", "create", "-q", "-f", "qcow2", "-b", image["disk"], "-F", image["format"],
-                files.disk, f"{int(props['disk'])}M")  # fmt: skip
+            images.overlay(files.disk, image["disk"], image["format"], props["disk"])
             return self._start(props, {**outs, "template": None})
 
     def _template(self, props: dict[str, Any], outs: dict[str, Any],
