@@ -37,14 +37,6 @@ def docker_version(machine: Machine, timeout: float) -> dict[str, Any]:
     return dockerapi.version(host, port, machine.tls, timeout=max(timeout, 0.1))
 
 
-def is_cert_error(err: dockerapi.ApiError) -> bool:
-    return dockerapi.is_cert_error(err.cause)
-
-
-def describe(err: dockerapi.ApiError) -> str:
-    return str(err)
-
-
 class TlsCheckError(Exception):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -56,7 +48,7 @@ def check_tls(machine: Machine, timeout: float = TLS_CHECK_TIMEOUT) -> None:
     try:
         docker_version(machine, timeout)
     except dockerapi.ApiError as err:
-        raise TlsCheckError("cert" if is_cert_error(err) else "connect", describe(err)) from None
+        raise TlsCheckError("cert" if dockerapi.is_cert_error(err.cause) else "connect", str(err)) from None
 
 
 def tcp_state(host: str, port: int, timeout: float) -> str:
@@ -81,7 +73,6 @@ class Probe:
     state: str
     docker_version: str = ""
     error: str = ""
-    cert_error: bool = False
     response_time: float = 0.0
     api: dict[str, Any] | None = None
 
@@ -100,13 +91,13 @@ def probe(machine: Machine, timeout: float = 10) -> Probe:
     except dockerapi.ApiError as err:
         failure = err
     host, port = machine.docker_host
-    message = f"Unable to query docker version: Get https://{host}:{port}/version: {describe(failure)}"
+    message = f"Unable to query docker version: Get https://{host}:{port}/version: {failure}"
     if left() <= 0:
         return Probe("Timeout", response_time=timeout)
     reach = tcp_state(machine.ssh.host, machine.ssh.port, left())
     elapsed = time.monotonic() - start
     if reach == "open":
-        return Probe("Running", "", message, is_cert_error(failure), elapsed)
+        return Probe("Running", "", message, response_time=elapsed)
     if reach == "timeout" or left() <= 0:
         return Probe("Timeout", response_time=timeout)
     return Probe("Stopped", response_time=elapsed)
@@ -211,7 +202,7 @@ def remote_version(machine: Machine) -> str:
     try:
         return docker_version(machine, TLS_CHECK_TIMEOUT).get("Version", "")
     except dockerapi.ApiError as err:
-        error = describe(err)
+        error = str(err)
     if ssh_reachable(machine) == "refused":
         raise MachineError(f'Host "{machine.name}" is not running')
     raise MachineError(f"Unable to query docker version: {error}")

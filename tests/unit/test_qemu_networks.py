@@ -18,6 +18,7 @@ import pytest
 from components import config
 from components.config import ConfigError
 from components.drivers import qemu as qemu_driver
+from components.drivers._local import images
 from components.drivers._local import process as _local
 from components.drivers.qemu import bridge as _bridge
 from components.drivers.qemu import hub as l2hub
@@ -245,6 +246,7 @@ def provider(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(qemu, "run", fake_run)
+    monkeypatch.setattr(images, "run", fake_run)  # qemu-img
     monkeypatch.setattr(qemu, "resolve_image", lambda props: {"disk": "/img/disk.qcow2", "kernel": None,
                                                                "format": "qcow2"})  # fmt: skip
     monkeypatch.setattr(qemu, "detect_accel", lambda requested: ("tcg", "test"))
@@ -252,7 +254,7 @@ def provider(tmp_path, monkeypatch):
 
 
 def member_props(state_dir: str, name: str) -> dict:
-    options = Options(private_network=True)
+    options = Options(private_network=True, template=False)  # cold boots: these tests are about the network
     return qemu.vm_props(name, options, state_dir, "/src", authorized_key="ssh-ed25519 AAAA test", host_key=HOST_KEY,
                          owner=OWNER, engine_port=2376)  # fmt: skip
 

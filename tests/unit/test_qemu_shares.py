@@ -186,3 +186,18 @@ def test_9p_needs_no_daemon(tmp_path):
     files = Files(str(tmp_path))
     shares.start(MOUNTS, shares.NINEP, files)
     assert not any(name.endswith(".pid") for name in os.listdir(tmp_path))
+
+
+def test_a_share_socket_path_too_long_is_one_line_before_anything_runs(tmp_path, monkeypatch):
+    # The monitor's socket fits, virtiofs0.sock does not: the VM is refused before qemu-img or virtiofsd run.
+    state_dir = str(tmp_path / ("s" * (96 - len(f"{tmp_path}/") - len("/qemu/m"))))  # the instance dir: 96 bytes
+    ran: list[tuple[str, ...]] = []
+    monkeypatch.setattr(qemu, "run", lambda *cmd, check=True: ran.append(cmd))
+    options = Options(mounts=[{"path": str(tmp_path), "writable": True}])
+    props = qemu.vm_props("m", options, state_dir, "/src", authorized_key="ssh-ed25519 AAAA test",
+                          host_key=("k", "ssh-ed25519 AAAA host"), owner={"project": "p", "stack": "s", "backend": "b"},
+                          engine_port=2376)  # fmt: skip
+    assert len(Files(props["instance_dir"]).qmp) <= 107 < len(shares.socket_of(Files(props["instance_dir"]), 0))
+    with pytest.raises(RuntimeError, match=r"virtiofs0\.sock is 1\d\d bytes, more than the 107 a unix socket allows"):
+        qemu.VmProvider().create(props)
+    assert ran == [] and not os.path.exists(Files(props["instance_dir"]).disk)

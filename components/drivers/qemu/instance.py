@@ -12,6 +12,8 @@ from components.drivers._local.paths import Layout
 # The user-mode NIC (slirp) and the private network's NIC, by their netdev ids.
 NETDEV = "n0"
 PRIVATE_NETDEV = "n1"
+# sockaddr_un.sun_path holds 108 bytes with the terminating NUL; QEMU would cut a longer path short silently.
+SOCKET_PATH_MAX = 107
 
 
 class Files(Layout):
@@ -25,6 +27,16 @@ class Files(Layout):
     qmp: str
     serial: str
     l2: str
+
+
+def check_socket_paths(*paths: str) -> None:
+    """Unix sockets (the monitor, virtio-fs, the private network) need short paths: one line naming the fix."""
+    for path in paths:
+        if len(path.encode()) > SOCKET_PATH_MAX:
+            raise RuntimeError(
+                f"the socket path {path} is {len(path.encode())} bytes, more than the {SOCKET_PATH_MAX} a unix socket "
+                "allows; use a shorter state directory (DMP_STATE), stack name or machine name"
+            )
 
 
 def running_pid(instance_dir: str) -> int | None:

@@ -18,10 +18,9 @@ from typing import Any
 from components import ownership
 from components.drivers._local.leases import claim_lease, locked
 from components.drivers.qemu import hub
+from components.drivers.qemu.instance import check_socket_paths
 
 DIRECTORY = "l2"
-# sockaddr_un.sun_path holds 108 bytes with the terminating NUL; QEMU would cut a longer path short silently.
-SOCKET_PATH_MAX = 107
 
 
 def network_dir(state_dir: str) -> str:
@@ -34,15 +33,6 @@ def hub_socket(directory: str) -> str:
 
 def _leases(directory: str) -> str:
     return os.path.join(directory, hub.LEASES)
-
-
-def check_socket_paths(*paths: str) -> None:
-    for path in paths:
-        if len(path.encode()) > SOCKET_PATH_MAX:
-            raise RuntimeError(
-                f"private_network: the socket path {path} is {len(path.encode())} bytes, more than the "
-                f"{SOCKET_PATH_MAX} a unix socket allows; use a shorter state directory (DMP_STATE) or machine name"
-            )
 
 
 def _ours(directory: str, owner: Any) -> None:

@@ -26,7 +26,15 @@ from components.drivers._local.paths import free_port, run
 from components.drivers._local.vm import LocalVm, LocalVmProvider, boot_token
 from components.drivers.base import GUEST_SSH_PORT
 from components.drivers.qemu import bridge, forwarder, network, shares, templates
-from components.drivers.qemu.instance import NETDEV, PRIVATE_NETDEV, Files, hostfwd, qmp, running_pid
+from components.drivers.qemu.instance import (
+    NETDEV,
+    PRIVATE_NETDEV,
+    Files,
+    check_socket_paths,
+    hostfwd,
+    qmp,
+    running_pid,
+)  # fmt: skip
 from components.drivers.qemu.options import BUILTIN_IMAGES, Forward, Options
 from components.errors import StepError
 
@@ -200,6 +208,7 @@ class VmProvider(LocalVmProvider):
                                                                     props["name"])}  # fmt: skip
 
     def _provision(self, props: dict[str, Any], files: Files) -> dict[str, Any]:
+        check_socket_paths(files.qmp, *[shares.socket_of(files, i) for i in range(len(props.get("mounts") or []))])
         image = resolve_image(props)
         digest = hashlib.sha256(files.dir.encode()).hexdigest()
         outs: dict[str, Any] = {**props, "image_resolved": image, "mac": _mac(digest, 0), "private_ip": None,
