@@ -143,7 +143,7 @@ class DockerMachine(pulumi.ComponentResource):
         certs = pulumi.Output.all(authority.ca_cert, server_cert.cert, server_cert.key)
         tls_files = step(names.TLS, pulumi.Output.secret(certs.apply(lambda v: provisioning.tls_script(*v))), installed)
         daemon_script = server_cert.serial.apply(
-            lambda serial: provisioning.daemon_script(engine, machine.driver, serial)
+            lambda serial: provisioning.daemon_script(engine, machine.driver, serial, host.published_from)
         )
         undo = provisioning.as_root_inline(provisioning.UNDO_DAEMON) if host.undo_on_delete else None
         # The proxies the daemon was given, credentials masked: what a preview shows of them.

@@ -57,6 +57,10 @@ class Host:
     # The address the machine reaches this host at (QEMU's and VirtualBox's NAT gateway, a bridge's): where a proxy or
     # registry on this host's loopback is for the guest (engine.proxy); None when the machine cannot reach this host.
     host_address: str | None = None
+    # Where this host's connections to published container ports come from when a NAT's own TCP stack relays them (QEMU
+    # user mode: its gateway). Those go through docker-proxy, whose dial retries a SYN the container's full backlog
+    # dropped after 1 s, where the NAT's would wait 3 s, then 6 s (docs/ports.md#under-load); None: straight in.
+    published_from: str | None = None
 
 
 @dataclass(frozen=True)

@@ -197,11 +197,23 @@ def daemon_flags(engine: EngineOptions, driver: str) -> list[str]:
     return flags
 
 
-def dropin(engine: EngineOptions, driver: str) -> str:
+def proxied_ports_rule(published_from: str) -> str:
+    """Connections from ``published_from`` to published ports skip Docker's DNAT and reach docker-proxy, which dials the
+    container with the guest kernel's retries (docs/ports.md#under-load); kept first in PREROUTING at each start."""
+    match = f"-s {published_from}/32 -p tcp -j RETURN"
+    return (f"while iptables -w -t nat -D PREROUTING {match} 2>/dev/null; do :; done; "
+            f"iptables -w -t nat -I PREROUTING 1 {match}")  # fmt: skip
+
+
+def dropin(engine: EngineOptions, driver: str, published_from: str | None = None) -> str:
     """The systemd drop-in: clear the packaged ExecStart, then one line (systemd ignores continuations)."""
-    lines = ["[Service]", "ExecStart=", "ExecStart=/usr/bin/env dockerd " + " ".join(daemon_flags(engine, driver))]
+    flags = daemon_flags(engine, driver)
+    lines = ["[Service]", "ExecStart=", "ExecStart=/usr/bin/env dockerd " + " ".join(flags)]
     if engine.env:
         lines.append("Environment=" + " ".join(systemd_word(item, expand_variables=False) for item in engine.env))
+    proxy_off = any(flag.startswith("--userland-proxy") and "false" in flag for flag in flags)
+    if published_from and not proxy_off:  # without docker-proxy, DNAT is the only way in
+        lines.append(f"ExecStartPost=-/bin/sh -c {systemd_word(proxied_ports_rule(published_from))}")
     return "\n".join(lines) + "\n"
 
 
@@ -224,13 +236,14 @@ def dockerd_args(text: str) -> list[str]:
     return words[programs.index("dockerd") + 1 :]
 
 
-def daemon_script(engine: EngineOptions, driver: str, server_cert_serial: str) -> str:
+def daemon_script(engine: EngineOptions, driver: str, server_cert_serial: str,
+                  published_from: str | None = None) -> str:  # fmt: skip
     """Write the drop-in and (re)start Docker; the cert serial ties a reissued cert to a restart."""
     return f"""set -e
 # server certificate serial {server_cert_serial}: a new certificate re-runs this step
 mkdir -p {DROPIN_DIR}
 cat > {DROPIN}.tmp <<'{_DROPIN_END}'
-{dropin(engine, driver)}{_DROPIN_END}
+{dropin(engine, driver, published_from)}{_DROPIN_END}
 # The packaged unit decides: no docker.socket means no fd:// socket; its own --containerd= path wins.
 if ! systemctl cat docker.socket >/dev/null 2>&1; then sed -i 's|{FD_SOCKET}|{UNIX_SOCKET}|' {DROPIN}.tmp; fi
 packaged="$(systemctl cat docker.service 2>/dev/null | grep -v '^ExecStart=/usr/bin/env dockerd' \\

@@ -135,6 +135,12 @@ def machine(e2e_env, servers):
     finally:
         stack.pulumi("destroy", "--yes", check=False, timeout=900)
         remove_stack(stack)
+        for cert_dir in CERT_DIRS:  # `env` wrote them (no docker context here removes them on destroy)
+            shutil.rmtree(cert_dir, ignore_errors=True)
+
+
+# The client certificate directories `scripts/machine env` made for the machine.
+CERT_DIRS: set[str] = set()
 
 
 def docker(machine, *args: str, cwd: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -144,6 +150,7 @@ def docker(machine, *args: str, cwd: str | None = None, check: bool = True) -> s
         if line.startswith("export "):
             key, value = line[len("export ") :].split("=", 1)
             env[key] = value.strip('"')
+    CERT_DIRS.add(env["DOCKER_CERT_PATH"])
     result = subprocess.run(["docker", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert not check or result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}"
     return result

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from components.drivers.qemu.options import USER_NETWORK_GATEWAY
 from components.model import EngineOptions
 from components.steps import hostenv, provisioning
 from tests.unit.conftest import Program, Registered, run_program
@@ -154,7 +155,7 @@ def test_scripts_go_to_stdin_not_the_command_line(one):
         "wait-for-ssh": provisioning.WAIT_FOR_BOOT,
         # No proxy here: a proxy configured before is removed from apt's configuration.
         "install-docker": hostenv.apt_script({}) + provisioning.install_script(engine),
-        "daemon-config": provisioning.daemon_script(engine, "qemu", SERVER_OUTS["serial"]),
+        "daemon-config": provisioning.daemon_script(engine, "qemu", SERVER_OUTS["serial"], USER_NETWORK_GATEWAY),
     }
     for s in STAGES:
         cmd = stage(one, "default", s)
@@ -224,7 +225,7 @@ def test_api_check_dials_the_engine_with_the_client_certificate(one):
     assert plain(check.inputs["ca_cert"]) == CA_OUTS["ca_cert"]
     assert plain(check.inputs["client_cert"]) == CA_OUTS["client_cert"]
     assert plain(check.inputs["client_key"]) == CA_OUTS["client_key"]
-    script = provisioning.daemon_script(EngineOptions(), "qemu", SERVER_OUTS["serial"])
+    script = provisioning.daemon_script(EngineOptions(), "qemu", SERVER_OUTS["serial"], USER_NETWORK_GATEWAY)
     assert check.inputs["configuration"] == provisioning.digest(script)
 
 

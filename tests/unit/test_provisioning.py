@@ -517,6 +517,22 @@ def test_daemon_script_writes_drop_in_and_restarts(sandbox):
     assert "ss -Htln sport = :3376" in calls
 
 
+def test_published_ports_from_a_nat_gateway_go_through_docker_proxy(sandbox):
+    # After each start, one RETURN rule first in nat PREROUTING for the gateway: old copies go, wherever they are.
+    lines = provisioning.dropin(engine(), "qemu", "10.0.2.2").splitlines()
+    line = next(x for x in lines if x.startswith("ExecStartPost"))
+    assert line.startswith("ExecStartPost=-/bin/sh -c ")  # "-": Docker still starts where iptables is missing
+    script = shlex.split(line.split("-c ", 1)[1])[0]
+    sandbox.stub("iptables", '[ "$4" = -D ] && [ ! -e "$LOG.gone" ] && : > "$LOG.gone" && exit 0; [ "$4" != -D ]')
+    assert sandbox.run(script, rewrite=False).returncode == 0
+    rule = "PREROUTING -s 10.0.2.2/32 -p tcp -j RETURN"
+    assert sandbox.calls() == [f"iptables -w -t nat -D {rule}", f"iptables -w -t nat -D {rule}",
+                               f"iptables -w -t nat -I {rule.replace(' ', ' 1 ', 1)}"]  # fmt: skip
+    # Straight in elsewhere, and where docker-proxy is switched off.
+    assert "ExecStartPost" not in provisioning.dropin(engine(), "generic")
+    assert "ExecStartPost" not in provisioning.dropin(engine(opts=["userland-proxy=false"]), "qemu", "10.0.2.2")
+
+
 def test_daemon_script_fails_when_docker_does_not_listen(sandbox):
     daemon_sandbox(sandbox, listening=False)
     result = sandbox.run(provisioning.daemon_script(engine(port=3376), "qemu", "abc"))

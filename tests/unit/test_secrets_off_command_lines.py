@@ -12,7 +12,7 @@ import pytest
 
 from components.drivers._local import process
 from scripts.machinecli import team, ui, workspace
-from tests.unit.test_cli_commands import error_line, invoke, sshd, world  # noqa: F401 - the CLI's fixtures
+from tests.unit.test_cli_commands import environment, error_line, invoke, sshd, world  # noqa: F401 - the CLI's fixtures (environment: HOME in tmp)
 
 PASSPHRASE, DB_PASSWORD, TOKEN = "p4ss-phrase-Z", "db-s3cret-Q", "cloud-token-W"
 

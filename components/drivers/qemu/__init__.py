@@ -151,7 +151,8 @@ class QemuDriver(
         # The guest reaches this host at user mode's gateway, or the bridge's address.
         host_address = USER_NETWORK_GATEWAY if options.network == "user" else bridge.gateway(options.bridge_cidr)
         return vm_host(vm, ctx, options.ssh_user, vm.engine_host_port, details=details, private_address=private_address,
-                       mounts=vm.shares, host_address=host_address)  # fmt: skip
+                       mounts=vm.shares, host_address=host_address,
+                       published_from=USER_NETWORK_GATEWAY if options.network == "user" else None)  # fmt: skip
 
     def after_docker(self, ctx: DriverContext, host: Host, docker: Docker) -> None:
         """Published container ports follow to the host's loopback (user mode)."""
