@@ -211,8 +211,8 @@ def dropin(engine: EngineOptions, driver: str, published_from: str | None = None
     lines = ["[Service]", "ExecStart=", "ExecStart=/usr/bin/env dockerd " + " ".join(flags)]
     if engine.env:
         lines.append("Environment=" + " ".join(systemd_word(item, expand_variables=False) for item in engine.env))
-    proxy_off = any(flag.startswith("--userland-proxy") and "false" in flag for flag in flags)
-    if published_from and not proxy_off:  # without docker-proxy, DNAT is the only way in
+    # Without docker-proxy, DNAT is the only way in (the engine model spells a switch's value true or false).
+    if published_from and "--userland-proxy=false" not in flags:
         lines.append(f"ExecStartPost=-/bin/sh -c {systemd_word(proxied_ports_rule(published_from))}")
     return "\n".join(lines) + "\n"
 

@@ -148,11 +148,13 @@ class QemuDriver(
         private_address = vm.ip if options.network == "bridge" else vm.private_ip if options.private_network else None
         details = {"instanceDir": instance_dir, "publishes": publishes, "forwards": [str(f) for f in options.forwards]}
         details["mounts"] = [mount.model_dump() for mount in options.mounts]
-        # The guest reaches this host at user mode's gateway, or the bridge's address.
-        host_address = USER_NETWORK_GATEWAY if options.network == "user" else bridge.gateway(options.bridge_cidr)
+        # The guest reaches this host at user mode's gateway, or the bridge's address; published ports come from that
+        # gateway in user mode (slirp's own TCP stack relays them).
+        user_mode = options.network == "user"
+        host_address = USER_NETWORK_GATEWAY if user_mode else bridge.gateway(options.bridge_cidr)
         return vm_host(vm, ctx, options.ssh_user, vm.engine_host_port, details=details, private_address=private_address,
                        mounts=vm.shares, host_address=host_address,
-                       published_from=USER_NETWORK_GATEWAY if options.network == "user" else None)  # fmt: skip
+                       published_from=USER_NETWORK_GATEWAY if user_mode else None)  # fmt: skip
 
     def after_docker(self, ctx: DriverContext, host: Host, docker: Docker) -> None:
         """Published container ports follow to the host's loopback (user mode)."""
